@@ -93,10 +93,12 @@ def and_masks(*mask_fns: MaskFn) -> MaskFn:
 def or_masks(*mask_fns: MaskFn) -> MaskFn:
     """Union: a query may attend to a key where any predicate allows it.
 
-    >>> print(draw(to_bool(or_masks(causal(), prefix_lm(torch.tensor([2]))), 1, 4, 4)[0, 0]))
-    ■ ■ ⬚ ⬚
+    Causal attention with one key of look-ahead:
+
+    >>> print(draw(to_bool(or_masks(causal(), sliding_window(2)), 1, 4, 4)[0, 0]))
     ■ ■ ⬚ ⬚
     ■ ■ ■ ⬚
+    ■ ■ ■ ■
     ■ ■ ■ ■
     """
     _check_callables(mask_fns, "or_masks")
@@ -140,10 +142,7 @@ def padding(attention_mask: torch.Tensor) -> MaskFn:
     ■ ■ ■ ⬚
     ■ ■ ■ ⬚
     """
-    if attention_mask.dim() != 2:
-        raise ValueError(
-            f"attention_mask must be 2-D (batch, seq_len) with 1 at real tokens, got shape {tuple(attention_mask.shape)}"
-        )
+    _check_attention_mask_2d(attention_mask)
     # transformers indexes the mask directly, so it must already be bool (an int mask would give an int "predicate").
     return _hf_masks.padding_mask_function(attention_mask.bool())
 
@@ -221,6 +220,14 @@ def prefix_lm(prefix_lens: torch.Tensor) -> MaskFn:
     return or_masks(causal(), in_prefix)
 
 
+def _check_attention_mask_2d(attention_mask: torch.Tensor) -> None:
+    if attention_mask.dim() != 2:
+        raise ValueError(
+            "attention_mask must be 2-D (batch, seq_len) with 1 at real tokens, got shape "
+            f"{tuple(attention_mask.shape)}"
+        )
+
+
 def _check_callables(mask_fns: tuple, name: str) -> None:
     if not mask_fns:
         raise ValueError(f"{name} needs at least one mask function")
@@ -283,6 +290,10 @@ def padding_to_bool_4d(
     queries aligned to the *last* ``Q`` keys, as when decoding with a cache), without evaluating predicates.
     Non-causal results are a broadcast view of ``attention_mask_2d``: read them, do not write into them.
 
+    With ``causal=True`` and left padding, the query rows at padding positions have no allowed key (first row
+    below). Backends disagree on such rows (SDPA with a bool mask returns zeros on CPU, the additive form a uniform
+    average), so only outputs at real tokens are meaningful; losses must ignore the padding positions.
+
     Args:
         attention_mask_2d: ``(B, KV)``, 1 / True at real tokens.
         q_len: number of queries ``Q``; defaults to ``KV``.
@@ -294,11 +305,7 @@ def padding_to_bool_4d(
     ⬚ ■ ■ ⬚
     ⬚ ■ ■ ■
     """
-    if attention_mask_2d.dim() != 2:
-        raise ValueError(
-            f"attention_mask must be 2-D (batch, seq_len) with 1 at real tokens, got shape "
-            f"{tuple(attention_mask_2d.shape)}"
-        )
+    _check_attention_mask_2d(attention_mask_2d)
     batch_size, kv_len = attention_mask_2d.shape
     q_len = kv_len if q_len is None else q_len
     if q_len > kv_len:
