@@ -1,0 +1,121 @@
+"""Configuration of the DynMask model family: BERT / RoBERTa hyper-parameters plus the masking settings.
+
+Model-side module: imports only transformers (it is saved next to a model as remote code).
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+MASKING_MODES = ("static", "dynamic")
+HEAD_STYLES = ("bert", "roberta")
+
+
+class DynMaskConfig(PretrainedConfig):
+    r"""Configuration for [`DynMaskModel`] and its heads.
+
+    The hyper-parameters are BERT's, so a BERT or RoBERTa checkpoint's ``config.json`` loads as is:
+    ``DynMaskConfig.from_pretrained(path, masking="dynamic")`` reads a ``bert`` or ``roberta`` config, keeps every
+    hyper-parameter and infers ``head_style`` and ``position_start`` from its ``model_type``.
+
+    Args:
+        masking (`str`, defaults to `"dynamic"`):
+            How padded batches are computed. `"static"` computes every position, padding included, as classic BERT
+            does. `"dynamic"` strips the padding once, before the embeddings, runs every layer on real tokens only
+            and restores the padded shape at the output. Packed batches (``cu_seq_lens_q``) never carry padding.
+        head_style (`str`, defaults to `"bert"`):
+            `"bert"` (pooler + classifier, ``cls.predictions`` LM head) or `"roberta"` (``classifier.dense`` /
+            ``classifier.out_proj`` on the first token, ``lm_head``): the head layout of the checkpoint.
+        position_start (`int`, *optional*):
+            Position id of the first token of every sequence: 0 for BERT, ``pad_token_id + 1`` for RoBERTa-style
+            models. Defaults to that rule for the given ``head_style``.
+        varlen_bucket_ratio (`float`, defaults to 0.8):
+            Packed attention on the SDPA backends groups sequences of similar length; a sequence joins the current
+            group while its length is at least this fraction of the group's longest. 1.0 gives one group per length,
+            0.0 a single group.
+        is_decoder (`bool`, defaults to `False`):
+            Causal self-attention (for `DynMaskForCausalLM`).
+        classifier_dropout (`float`, *optional*):
+            Dropout of the classification heads; defaults to ``hidden_dropout_prob``.
+    """
+
+    model_type = "dynmask"
+
+    def __init__(
+        self,
+        vocab_size: int = 30522,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.1,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-12,
+        pad_token_id: int = 0,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        masking: str = "dynamic",
+        head_style: str | None = None,
+        position_start: int | None = None,
+        varlen_bucket_ratio: float = 0.8,
+        is_decoder: bool = False,
+        classifier_dropout: float | None = None,
+        tie_word_embeddings: bool = True,
+        **kwargs,
+    ):
+        source_type = kwargs.pop("model_type", None)
+        if head_style is None:
+            head_style = "roberta" if source_type in ("roberta", "xlm-roberta", "camembert") else "bert"
+        if masking not in MASKING_MODES:
+            raise ValueError(f"masking must be one of {MASKING_MODES}, got {masking!r}")
+        if head_style not in HEAD_STYLES:
+            raise ValueError(f"head_style must be one of {HEAD_STYLES}, got {head_style!r}")
+        if hidden_size % num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_attention_heads})"
+            )
+        if not 0.0 <= varlen_bucket_ratio <= 1.0:
+            raise ValueError(f"varlen_bucket_ratio must be in [0, 1], got {varlen_bucket_ratio}")
+        if position_start is None:
+            position_start = pad_token_id + 1 if head_style == "roberta" else 0
+        if position_start < 0 or position_start >= max_position_embeddings:
+            raise ValueError(
+                f"position_start ({position_start}) must lie in [0, max_position_embeddings={max_position_embeddings})"
+            )
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            is_decoder=is_decoder,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.masking = masking
+        self.head_style = head_style
+        self.position_start = position_start
+        self.varlen_bucket_ratio = varlen_bucket_ratio
+        self.classifier_dropout = classifier_dropout
+
+    @property
+    def max_seqlen(self) -> int:
+        """The longest sequence the position embeddings can number."""
+        return self.max_position_embeddings - self.position_start
+
+
+__all__ = ["DynMaskConfig"]
