@@ -6,14 +6,14 @@ Predicates work on broadcastable integer index tensors, so one predicate is eval
 (:func:`to_bool`) or handed to ``create_block_mask`` (:func:`to_block_mask`). Combine them with :func:`and_masks` /
 :func:`or_masks`, then convert:
 
-    ==================  ============================  =========================================================
-    backend             form                          function
-    ==================  ============================  =========================================================
-    SDPA                bool ``(B, 1, Q, KV)``        :func:`to_bool`, :func:`padding_to_bool_4d`
-    eager               float ``(B, 1, Q, KV)``       :func:`to_additive` (0 / ``torch.finfo(dtype).min``)
-    FlexAttention       ``BlockMask``                 :func:`to_block_mask`
-    varlen (flash)      ``cu_seqlens``, ``max_seqlen`` :func:`varlen_args_from_seq_idx` (document masks only)
-    ==================  ============================  =========================================================
+    ==============  ===================================  =====================================================
+    backend         form                                 function
+    ==============  ===================================  =====================================================
+    SDPA            bool ``(B, 1, Q, KV)``               :func:`to_bool`, :func:`padding_to_bool_4d`
+    eager           float ``(B, 1, Q, KV)``              :func:`to_additive` (0 / ``torch.finfo(dtype).min``)
+    FlexAttention   ``BlockMask``                        :func:`to_block_mask`
+    varlen (flash)  :class:`VarlenArgs` (document only)  :func:`varlen_args_from_seq_idx`
+    ==============  ===================================  =====================================================
 
 Dimension legend:
     B   batch size              H   attention heads (masks here are the same for every head: ``H = 1``, broadcast)
