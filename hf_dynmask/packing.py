@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -253,12 +254,14 @@ def _best_fit_decreasing(
 
 
 def _is_dataset(obj: Any) -> bool:
-    return type(obj).__name__ in ("Dataset", "IterableDataset") and hasattr(obj, "with_format")
+    """A ``datasets`` (Iterable)Dataset, without importing ``datasets`` when the caller has not."""
+    module = sys.modules.get("datasets")
+    return module is not None and isinstance(obj, module.Dataset | module.IterableDataset)
 
 
 def _dataset_lengths(dataset: datasets.Dataset, length_column: str | None) -> np.ndarray:
     """Read lengths from a Dataset's Arrow column (respecting ``select``/``shuffle`` index mappings)."""
-    if type(dataset).__name__ == "IterableDataset":
+    if isinstance(dataset, sys.modules["datasets"].IterableDataset):
         raise ValueError("an IterableDataset has no length column to read up front; pass a map-style Dataset")
     if length_column is None or length_column not in dataset.column_names:
         raise ValueError(
@@ -370,6 +373,13 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         total = len(all_batches)
         if self.num_replicas > 1:
             if self.drop_last:
+                if total < self.num_replicas:
+                    logger.warning(
+                        "%d batches cannot give each of %d ranks one with drop_last=True; every rank gets none. "
+                        "Lower token_budget or use drop_last=False.",
+                        total,
+                        self.num_replicas,
+                    )
                 total -= total % self.num_replicas
                 all_batches = all_batches[:total]
             elif total % self.num_replicas:

@@ -412,3 +412,9 @@ def test_efficiency_on_real_lengths(tokenizer, name):
     assert result.efficiency == result.best_possible_efficiency
     counts = Counter(len(p) for p in result.packs)
     assert sum(n * c for n, c in counts.items()) == len(lengths)
+
+
+def test_iterable_dataset_is_refused():
+    ds = datasets.Dataset.from_dict({"length": [1, 2]}).to_iterable_dataset()
+    with pytest.raises(ValueError, match="map-style"):
+        read_lengths(ds, "length")
