@@ -1,12 +1,20 @@
-"""hf_dynmask: dynamic padding, sequence packing and static/dynamic MLM masking for Hugging Face Transformers."""
+"""hf_dynmask: dynamic padding, sequence packing and static/dynamic MLM masking for Hugging Face Transformers.
 
+Importing it registers the DynMask model family with transformers' Auto classes and the ``"dynmask_varlen"``
+attention implementation.
+"""
+
+from .attention import ATTN_IMPLEMENTATION, plan_varlen, varlen_attention
+from .auto import register_auto_classes
+from .collators import TokenCounts, align_labels_with_tokens, make_collator, token_counts, tokenize_and_align
+from .configuration_dynmask import DynMaskConfig
 from .layout import (
     PackedLayout,
     UnpadIndex,
     cu_seqlens_from_seq_idx,
     cu_seqlens_from_seq_lens,
-    pad_index_from_cu_seqlens,
     packed_layout,
+    pad_index_from_cu_seqlens,
     position_ids_from_cu_seqlens,
     repad,
     seq_idx_from_cu_seqlens,
@@ -14,5 +22,53 @@ from .layout import (
     unpad,
     unpad_index,
 )
+from .modeling_dynmask import (
+    DynMaskForCausalLM,
+    DynMaskForMaskedLM,
+    DynMaskForQuestionAnswering,
+    DynMaskForSequenceClassification,
+    DynMaskForTokenClassification,
+    DynMaskModel,
+    DynMaskPreTrainedModel,
+)
+from .packing import PackingResult, TokenBudgetBatchSampler, pack, read_lengths
 
 __version__ = "0.1.0"
+
+register_auto_classes()
+
+__all__ = [
+    "ATTN_IMPLEMENTATION",
+    "DynMaskConfig",
+    "DynMaskForCausalLM",
+    "DynMaskForMaskedLM",
+    "DynMaskForQuestionAnswering",
+    "DynMaskForSequenceClassification",
+    "DynMaskForTokenClassification",
+    "DynMaskModel",
+    "DynMaskPreTrainedModel",
+    "PackedLayout",
+    "PackingResult",
+    "TokenBudgetBatchSampler",
+    "TokenCounts",
+    "UnpadIndex",
+    "align_labels_with_tokens",
+    "cu_seqlens_from_seq_idx",
+    "cu_seqlens_from_seq_lens",
+    "make_collator",
+    "pack",
+    "pad_index_from_cu_seqlens",
+    "packed_layout",
+    "plan_varlen",
+    "position_ids_from_cu_seqlens",
+    "read_lengths",
+    "register_auto_classes",
+    "repad",
+    "seq_idx_from_cu_seqlens",
+    "seq_lens_from_cu_seqlens",
+    "token_counts",
+    "tokenize_and_align",
+    "unpad",
+    "unpad_index",
+    "varlen_attention",
+]

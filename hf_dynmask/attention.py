@@ -39,7 +39,9 @@ class LengthGroup(NamedTuple):
     """Sequences of similar length, laid out as a right-padded ``(n, L)`` block of packed-token indices."""
 
     gather: torch.Tensor  # int64 (n * L,): packed index per block slot (padding slots repeat a real token)
-    real_slots: torch.Tensor | None  # int64 (M,): block slots that hold real tokens; None when the block has no padding
+    real_slots: (
+        torch.Tensor | None
+    )  # int64 (M,): block slots that hold real tokens; None when the block has no padding
     key_allowed: torch.Tensor | None  # bool (n, 1, 1, L): True at real keys; None when the block has no padding
     num_seqs: int
     seqlen: int
@@ -63,12 +65,14 @@ def plan_varlen(cu_seqlens: torch.Tensor, bucket_ratio: float = 0.8) -> VarlenPl
     Args:
         cu_seqlens: int32 ``(S + 1,)``, starting at 0.
 
-    >>> plan = plan_varlen(torch.tensor([0, 3, 13, 15, 25], dtype=torch.int32))
+    Lengths [3, 10, 2, 9]: the two long ones share a padded (2, 10) block, the short ones a (2, 3) block.
+
+    >>> plan = plan_varlen(torch.tensor([0, 3, 13, 15, 24], dtype=torch.int32), bucket_ratio=0.6)
     >>> [(g.num_seqs, g.seqlen, g.key_allowed is None) for g in plan.groups]
-    [(2, 10, True), (2, 3, False)]
+    [(2, 10, False), (2, 3, False)]
     """
     bounds = cu_seqlens.tolist()  # one host sync per forward, shared by every layer
-    lens = [end - start for start, end in zip(bounds[:-1], bounds[1:])]
+    lens = [end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
     order = sorted(range(len(lens)), key=lambda s: -lens[s])
     device = cu_seqlens.device
 
@@ -229,7 +233,11 @@ def varlen_attention_forward(
         )
         return out.transpose(1, 2).contiguous(), None
 
-    if cu_seq_lens_k is not None and cu_seq_lens_k is not cu_seq_lens_q and not torch.equal(cu_seq_lens_k, cu_seq_lens_q):
+    if (
+        cu_seq_lens_k is not None
+        and cu_seq_lens_k is not cu_seq_lens_q
+        and not torch.equal(cu_seq_lens_k, cu_seq_lens_q)
+    ):
         raise ValueError("dynmask_varlen supports self-attention only: cu_seq_lens_k must equal cu_seq_lens_q")
     if query.shape[0] != 1:
         raise ValueError(

@@ -15,7 +15,8 @@ Layouts:
 
 The names:
     seq_lens      int64 ``(S,)``: length of each sequence, every one >= 1.
-    cu_seqlens    int32 ``(S + 1,)``: cumulative lengths starting at 0; sequence ``s`` is ``[cu_seqlens[s], cu_seqlens[s+1])``.
+    cu_seqlens    int32 ``(S + 1,)``: cumulative lengths starting at 0; sequence ``s`` spans
+                  ``[cu_seqlens[s], cu_seqlens[s+1])``.
                   transformers calls it ``cu_seq_lens_q`` / ``cu_seq_lens_k``.
     max_seqlen    python int: the longest sequence (transformers: ``max_length_q`` / ``max_length_k``).
     position_ids  int64 ``(N,)``: position of each token inside its own sequence, restarting at ``position_start``
@@ -202,7 +203,8 @@ def unpad_index(attention_mask: torch.Tensor) -> UnpadIndex:
     """
     if attention_mask.dim() != 2:
         raise ValueError(
-            f"attention_mask must be 2-D (batch, seq_len) with 1 at real tokens, got shape {tuple(attention_mask.shape)}"
+            "attention_mask must be 2-D (batch, seq_len) with 1 at real tokens, "
+            f"got shape {tuple(attention_mask.shape)}"
         )
     real = attention_mask.bool()
     seq_lens = real.sum(dim=1)

@@ -101,7 +101,9 @@ class DynMaskModelOutput(BaseModelOutputWithPooling):
 def _check_implementation(config: DynMaskConfig) -> str:
     name = config._attn_implementation or "sdpa"
     if name not in SUPPORTED_IMPLEMENTATIONS:
-        raise ValueError(f"attn_implementation={name!r} is not supported by DynMask; choose one of {SUPPORTED_IMPLEMENTATIONS}")
+        raise ValueError(
+            f"attn_implementation={name!r} is not supported by DynMask; choose one of {SUPPORTED_IMPLEMENTATIONS}"
+        )
     return name
 
 
@@ -288,6 +290,22 @@ class DynMaskPreTrainedModel(PreTrainedModel):
         if isinstance(module, (DynMaskBertLMHead, DynMaskRobertaLMHead)):
             module.bias.zero_()
 
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        """transformers' check, with errors that name what to install or which names exist."""
+        if requested_attention is not None and requested_attention not in SUPPORTED_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attn_implementation={requested_attention!r} is not supported by DynMask; choose one of "
+                f"{SUPPORTED_IMPLEMENTATIONS}"
+            )
+        try:
+            return super().get_correct_attn_implementation(requested_attention, is_init_check)
+        except ImportError as error:
+            raise ImportError(
+                f"attn_implementation={requested_attention!r} needs flash-attn on a CUDA GPU: "
+                "pip install 'hf-dynmask[flash]'. On other devices use 'dynmask_varlen' (exact packed attention "
+                f"without flash-attn). ({error})"
+            ) from error
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """transformers' ``from_pretrained``, also reading RoBERTa checkpoints (``roberta.`` weight prefix)."""
@@ -353,7 +371,13 @@ class DynMaskModel(DynMaskPreTrainedModel):
 
         if cu_seqlens is not None:
             return self._forward_packed(
-                input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, cu_seqlens, output_hidden_states
+                input_ids,
+                inputs_embeds,
+                attention_mask,
+                token_type_ids,
+                position_ids,
+                cu_seqlens,
+                output_hidden_states,
             )
         _reject_unmarked_packing(position_ids, attention_mask)
         if self.config.masking == "dynamic" or _check_implementation(self.config) in FLASH_IMPLEMENTATIONS:
@@ -408,6 +432,7 @@ class DynMaskModel(DynMaskPreTrainedModel):
             output_hidden,
         )
         hidden, first_token_state, all_hidden = packed
+
         def to_padded(t):
             return repad(t, index)
 
@@ -454,7 +479,9 @@ class DynMaskModel(DynMaskPreTrainedModel):
             unsqueeze(hidden), first_token_state, None if all_hidden is None else [unsqueeze(h) for h in all_hidden]
         )
 
-    def _run_packed(self, input_ids, inputs_embeds, token_type_ids, position_ids, cu_seqlens, max_seqlen, output_hidden):
+    def _run_packed(
+        self, input_ids, inputs_embeds, token_type_ids, position_ids, cu_seqlens, max_seqlen, output_hidden
+    ):
         """Embeddings + encoder over ``N`` packed tokens. Returns ``(N, h)``, ``(S, h)`` first tokens, all hidden."""
         expected = position_ids_from_cu_seqlens(cu_seqlens, self.config.position_start)
         if position_ids is None:
@@ -496,7 +523,8 @@ class DynMaskModel(DynMaskPreTrainedModel):
         name = _check_implementation(self.config)
         causal = bool(self.config.is_decoder)
         if name == "flex_attention":
-            from .masks import and_masks, causal as causal_fn, padding
+            from .masks import and_masks, padding
+            from .masks import causal as causal_fn
 
             mask_fn = and_masks(padding(real), causal_fn()) if causal else padding(real)
             return to_block_mask(mask_fn, real.shape[0], real.shape[1], real.shape[1], device=real.device)
@@ -506,7 +534,8 @@ class DynMaskModel(DynMaskPreTrainedModel):
     def _packed_batch(self, cu_seqlens: torch.Tensor, max_seqlen: int, device) -> EncoderBatch:
         name = _check_implementation(self.config)
         if name == "flex_attention":
-            from .masks import and_masks, causal as causal_fn
+            from .masks import and_masks
+            from .masks import causal as causal_fn
 
             seq_idx = seq_idx_from_cu_seqlens(cu_seqlens)
             mask_fn = document(seq_idx)
@@ -591,6 +620,8 @@ class _DynMaskLMBase(DynMaskPreTrainedModel):
         name, head = _lm_head_and_ties(config)
         setattr(self, name, head)
         self._head_name = name
+        # Which module holds the LM head depends on head_style, so the tie is declared per instance.
+        self._tied_weights_keys = _tied_keys("cls.predictions" if name == "cls" else "lm_head")
         self.post_init()
 
     @property
@@ -607,13 +638,14 @@ class _DynMaskLMBase(DynMaskPreTrainedModel):
 
 
 def _tied_keys(head_path: str) -> dict[str, str]:
-    return {f"{head_path}.decoder.weight": "bert.embeddings.word_embeddings.weight", f"{head_path}.decoder.bias": f"{head_path}.bias"}
+    return {
+        f"{head_path}.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        f"{head_path}.decoder.bias": f"{head_path}.bias",
+    }
 
 
 class DynMaskForMaskedLM(_DynMaskLMBase):
-    """Masked-LM head; the loss is the mean over real (non ``-100``) labels, or per item with ``num_items_in_batch``."""
-
-    _tied_weights_keys = {**_tied_keys("cls.predictions"), **_tied_keys("lm_head")}
+    """Masked-LM head. Loss: mean over real (non ``-100``) labels, or a sum over ``num_items_in_batch``."""
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs) -> MaskedLMOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
@@ -631,8 +663,6 @@ class DynMaskForCausalLM(_DynMaskLMBase):
     Packed batches from hf_dynmask's causal-LM collator carry ``-100`` at the first token of every sequence, so no
     token is trained to predict across a boundary.
     """
-
-    _tied_weights_keys = {**_tied_keys("cls.predictions"), **_tied_keys("lm_head")}
 
     def __init__(self, config: DynMaskConfig):
         if not config.is_decoder:
@@ -718,19 +748,26 @@ class DynMaskForTokenClassification(DynMaskPreTrainedModel):
         if labels is not None:
             if labels.shape != logits.shape[:-1]:
                 raise ValueError(f"labels {tuple(labels.shape)} must match the tokens {tuple(logits.shape[:-1])}")
-            loss = self.loss_function(logits, labels, self.num_labels, num_items_in_batch=num_items_in_batch)
+            loss = self.loss_function(logits, labels, self.config, num_items_in_batch=num_items_in_batch)
         return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
 class DynMaskForQuestionAnswering(DynMaskPreTrainedModel):
-    """Extractive QA. ``start_logits`` / ``end_logits`` are ``(B, T)`` padded or ``(S, max_seqlen)`` packed, one row per
-    sequence, with ``torch.finfo(dtype).min`` at padding so the answer softmax covers real tokens only and the loss is
-    the same in every mode. (transformers' ``BertForQuestionAnswering`` scores padding positions too, so its loss
-    changes with the padded length.) ``start_positions`` / ``end_positions`` ``(B,)`` / ``(S,)`` count from each
-    sequence's first token in packed mode and index the padded row otherwise."""
+    """Extractive QA.
+
+    ``start_logits`` / ``end_logits`` are ``(B, T)`` padded or ``(S, max_seqlen)`` packed, one row per sequence, with
+    ``torch.finfo(dtype).min`` at padding so the answer softmax covers real tokens only and the loss is the same in
+    every mode (transformers' ``BertForQuestionAnswering`` scores padding positions too, so its loss changes with the
+    padded length). ``start_positions`` / ``end_positions`` ``(B,)`` / ``(S,)`` count from each sequence's first
+    token in packed mode and index the padded row otherwise.
+    """
 
     def __init__(self, config: DynMaskConfig):
         super().__init__(config)
+        if config.num_labels != 2:
+            raise ValueError(
+                f"question answering predicts a start and an end logit: num_labels must be 2, got {config.num_labels}"
+            )
         self.bert = DynMaskModel(config, add_pooling_layer=False)
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
         self.post_init()

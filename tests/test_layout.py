@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 from hf_dynmask.layout import (
     cu_seqlens_from_seq_idx,
     cu_seqlens_from_seq_lens,
-    pad_index_from_cu_seqlens,
     packed_layout,
+    pad_index_from_cu_seqlens,
     repad,
     seq_lens_from_cu_seqlens,
     unpad,
