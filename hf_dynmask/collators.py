@@ -96,9 +96,17 @@ def _flatten(values: list[Any], dtype: torch.dtype | None) -> torch.Tensor:
     return flat.float() if flat.is_floating_point() else flat.long()
 
 
+def _all_ones(mask: Any) -> bool:
+    if isinstance(mask, (list, tuple)):
+        return mask.count(1) == len(mask)
+    if isinstance(mask, torch.Tensor):
+        return bool((mask == 1).all())
+    return bool((np.asarray(mask) == 1).all())
+
+
 def _check_1d(values: list[Any], key: str) -> None:
     for i, v in enumerate(values):
-        if getattr(v, "ndim", 1) != 1:
+        if not isinstance(v, (list, tuple)) and getattr(v, "ndim", 1) != 1:
             raise ValueError(
                 f"feature {i}: {key!r} must be 1-D (one example), got shape {tuple(v.shape)}; tokenize one example "
                 "per feature without return_tensors, or with Dataset.map, and let the collator batch them"
@@ -290,18 +298,19 @@ class BaseCollator:
                     for v, n in zip(values, seq_lens, strict=True)
                 ]
             seq_lens = [min(n, max_length) for n in seq_lens]
+        attention_masks = columns.pop("attention_mask", None)
+        if attention_masks is not None:
+            bad = [i for i, mask in enumerate(attention_masks) if not _all_ones(mask)]
+            if bad:
+                raise ValueError(
+                    f"features {bad[:10]} carry an attention_mask with zeros: they were padded when tokenized. "
+                    "Tokenize without padding (tokenizer(text, padding=False) or no padding='max_length'); the "
+                    "collator pads" + (" and packed batches have no padding at all" if self.mode == "packed" else "")
+                )
         flat = {
             key: _flatten(values, dtypes.get(key, torch.int64 if key != "labels" else None))
             for key, values in columns.items()
         }
-        attention_mask = flat.pop("attention_mask", None)
-        if attention_mask is not None and not bool((attention_mask == 1).all()):
-            bad = [i for i, m in enumerate(torch.split(attention_mask, seq_lens)) if not bool((m == 1).all())]
-            raise ValueError(
-                f"features {bad[:10]} carry an attention_mask with zeros: they were padded when tokenized. Tokenize "
-                "without padding (tokenizer(text, padding=False) or no padding='max_length'); the collator pads"
-                + (" and packed batches have no padding at all" if self.mode == "packed" else "")
-            )
         return TokenColumns(flat=flat, seq_lens=seq_lens, cut_left=cut_left)
 
     # -- laying out --------------------------------------------------------------------------------------------------
