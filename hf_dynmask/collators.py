@@ -30,7 +30,6 @@ TokenCounts(real=5, padded=8)
 
 from __future__ import annotations
 
-import logging
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -60,8 +59,6 @@ __all__ = [
     "token_counts",
     "tokenize_and_align",
 ]
-
-logger = logging.getLogger(__name__)
 
 Mode = Literal["static", "dynamic", "packed"]
 MODES: tuple[str, ...] = typing.get_args(Mode)
@@ -452,7 +449,8 @@ class MaskedLMCollator(BaseCollator):
 
     Features: ``input_ids``, optional ``attention_mask`` (all ones), ``token_type_ids``, ``special_tokens_mask``
     (1 = never mask; else the tokenizer's ``all_special_ids`` are never masked), ``word_ids`` (whole-word masking;
-    ``None`` / ``-1`` at special tokens). Features must not carry ``labels``: the collator makes them.
+    ``None`` / ``-1`` at special tokens; with the Trainer, keep that column with ``remove_unused_columns=False``, or
+    rely on the ``##`` fallback). Features must not carry ``labels``: the collator makes them.
 
     Masking happens on each batch's flat tokens, so padding is never masked and, for a given random state, the mask
     is the same in every mode. ``mlm_masking="dynamic"`` draws from one ``torch.Generator`` seeded from ``seed`` (in a
