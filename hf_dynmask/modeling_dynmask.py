@@ -711,7 +711,7 @@ class DynMaskForSequenceClassification(DynMaskPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs) -> SequenceClassifierOutput:
-        kwargs.pop("num_items_in_batch", None)  # the loss is a mean over sequences in every mode
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         outputs = self.bert(input_ids, attention_mask=attention_mask, **kwargs)
         if self.config.head_style == "roberta":
             logits = self.classifier(outputs.first_token_state)
@@ -724,8 +724,19 @@ class DynMaskForSequenceClassification(DynMaskPreTrainedModel):
                     f"{logits.shape[0]} sequences in the batch but {labels.shape[0]} labels; a packed batch needs one "
                     "label per sequence (hf_dynmask's sequence-classification collator)"
                 )
-            loss = self.loss_function(labels, logits, self.config)
+            loss = self._sequence_loss(labels, logits, num_items_in_batch)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+    def _sequence_loss(self, labels, logits, num_items_in_batch):
+        """transformers' sequence loss; with ``num_items_in_batch`` (the Trainer's count of labelled sequences over
+        an accumulated step) a sum divided by it, so token-budget batches with varying sequence counts weigh every
+        sequence alike under gradient accumulation."""
+        single_label = self.config.problem_type in (None, "single_label_classification") and self.num_labels > 1
+        if num_items_in_batch is None or not single_label or labels.dtype not in (torch.long, torch.int):
+            return self.loss_function(labels, logits, self.config)
+        self.config.problem_type = "single_label_classification"
+        total = nn.functional.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1), reduction="sum")
+        return total / torch.as_tensor(num_items_in_batch, device=total.device)
 
 
 class DynMaskForTokenClassification(DynMaskPreTrainedModel):
