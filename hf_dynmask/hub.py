@@ -15,15 +15,17 @@ Anyone with torch and transformers can then load any head from the folder or its
 
     model = AutoModelForSequenceClassification.from_pretrained("user/repo", trust_remote_code=True)
 
-Where hf_dynmask is imported, its registration wins and ``trust_remote_code`` is not needed.
+Where hf_dynmask is imported, its registration wins (with or without ``trust_remote_code``) and the installed
+classes load the folder.
 
 Why functions and not ``register_for_auto_class``: that call takes one Auto class per model class and stays set on
 the class for the rest of the process (every later ``save_pretrained`` of that class ships code). These functions
-ship code for exactly the save they perform, write the complete ``auto_map``, check that every shipped file imports
-only the standard library, torch, transformers and its shipped siblings, and work as well on a model that was itself
-loaded as remote code. :func:`push_to_hub_with_code` saves the same folder and uploads it in one commit through
-``HfApi.create_repo`` and ``HfApi.create_commit``, the same two calls transformers' ``push_to_hub`` makes (it does not
-read the repository's existing model card; pass ``model_card`` to upload one).
+ship code for exactly the save they perform, write the complete ``auto_map``, and check that every shipped file
+imports only the standard library, torch, transformers and its shipped siblings.
+
+:func:`push_to_hub_with_code` saves the same folder and uploads it in one commit through ``HfApi.create_repo`` and
+``HfApi.create_commit``, the two calls transformers' ``push_to_hub`` makes. Unlike ``push_to_hub`` it does not read
+the repository's model card first (a network call); pass ``model_card`` to upload one.
 """
 
 from __future__ import annotations
@@ -157,7 +159,7 @@ def save_with_code(
     """``model.save_pretrained(save_directory, **save_kwargs)`` plus the model's code and the complete ``auto_map``.
 
     Args:
-        model: a DynMask model (``DynMaskModel`` or one of its heads), from hf_dynmask or loaded as remote code.
+        model: a DynMask model (``DynMaskModel`` or one of its heads).
         save_directory: created if needed.
         tokenizer: optional tokenizer (or processor) saved in the same folder, so one path loads both.
         save_kwargs: passed to ``save_pretrained`` (``max_shard_size``, ``is_main_process``, ``state_dict``...);

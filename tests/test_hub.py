@@ -40,6 +40,7 @@ from hf_dynmask import (
     DynMaskModel,
 )
 from hf_dynmask.hub import auto_map, check_shipped_code, push_to_hub_with_code, save_with_code
+from hf_dynmask.model_card import TrainingSummary, make_model_card
 
 CODE_FILES = ("attention.py", "configuration_dynmask.py", "layout.py", "masks.py", "modeling_dynmask.py")
 EXPECTED_AUTO_MAP = {
@@ -244,7 +245,16 @@ def saved(tmp_path_factory):
             reference[name] = _outputs(models[name])
         hub = FakeHub(root / PUSHED)
         tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(VOCAB)})
-        card = ModelCard("---\nlicense: apache-2.0\nlibrary_name: transformers\n---\n# tiny DynMask\n")
+        summary = TrainingSummary(
+            model_name="user/tiny-dynmask",
+            task="sequence-classification",
+            mode="packed",
+            masking="dynamic",
+            real_tokens=30,
+            padded_tokens=30,
+            train_runtime=0.5,
+        )
+        card = make_model_card(summary)
         with pytest.MonkeyPatch.context() as patch:
             hub.install(patch)
             commit = push_to_hub_with_code(
@@ -259,7 +269,7 @@ def saved(tmp_path_factory):
         torch.set_num_threads(threads)
     torch.save(_inputs(), root / "inputs.pt")
     return SimpleNamespace(
-        root=root, models=models, folders=folders, reference=reference, saves=saves, hub=hub, commit=commit
+        root=root, models=models, folders=folders, reference=reference, saves=saves, hub=hub, commit=commit, card=card
     )
 
 
@@ -335,11 +345,12 @@ def test_in_process_load_uses_the_installed_package(saved):
     """Where hf_dynmask is imported, its registration wins: no trust_remote_code needed, same classes."""
     folder = saved.folders["sequence_classification"]
     assert type(AutoConfig.from_pretrained(folder)) is DynMaskConfig
-    model = AutoModelForSequenceClassification.from_pretrained(folder)
-    assert type(model) is DynMaskForSequenceClassification
-    assert torch.equal(
-        _outputs(model)["packed"]["logits"], saved.reference["sequence_classification"]["packed"]["logits"]
-    )
+    for trust_remote_code in (None, True):
+        model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        assert type(model) is DynMaskForSequenceClassification
+        with torch.no_grad():
+            logits = model(**_inputs()["packed"]).logits
+        assert torch.allclose(logits, saved.reference["sequence_classification"]["packed"]["logits"], atol=1e-6)
 
 
 # -- the push path ------------------------------------------------------------------------------------------------
@@ -358,7 +369,10 @@ def test_push_uploads_exactly_the_saved_folder_in_one_commit(saved):
     assert commit["revision"] is None and commit["create_pr"] is False
     assert saved.commit.oid == "0" * 40
     pushed = saved.folders[PUSHED]
-    assert (pushed / "README.md").read_text().startswith("---\nlicense: apache-2.0\n")
+    readme = (pushed / "README.md").read_text(encoding="utf-8")
+    assert readme == str(saved.card)
+    assert ModelCard(readme).data.to_dict() == saved.card.data.to_dict()
+    assert 'AutoModelForSequenceClassification.from_pretrained("user/tiny-dynmask", trust_remote_code=True)' in readme
     assert json.loads((pushed / "config.json").read_text())["auto_map"] == EXPECTED_AUTO_MAP
     # The pushed weights are the saved ones.
     saved_weights = (saved.folders["sequence_classification"] / "model.safetensors").read_bytes()
