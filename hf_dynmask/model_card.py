@@ -5,7 +5,7 @@ layout (static / dynamic padding or packing), the model's ``masking``, the MLM m
 the padding efficiency and real tokens per second follow, evaluation results, and the installed framework versions.
 :func:`make_model_card` turns it into a :class:`huggingface_hub.ModelCard` (YAML metadata through
 :class:`~huggingface_hub.ModelCardData`, evaluation results as a ``model-index`` of
-:class:`~huggingface_hub.EvalResult`), rendered from the Jinja template ``model_cards/dynmask_template.md``.
+:class:`~huggingface_hub.EvalResult`), rendered from the Jinja template ``hf_dynmask/templates/model_card.md``.
 
 A Trainer callback fills it from a dict of totals with :meth:`TrainingSummary.from_totals`:
 
@@ -36,8 +36,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .collators import MODES, Mode
 
-#: The template rendered by :func:`make_model_card` (a checkout's ``model_cards/`` folder).
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "dynmask_template.md"
+#: The template rendered by :func:`make_model_card`, shipped as package data.
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
 
 Task = Literal["masked-lm", "causal-lm", "sequence-classification", "token-classification", "question-answering"]
 Masking = Literal["static", "dynamic"]
@@ -321,12 +321,12 @@ def make_model_card(
     Args:
         summary: the run (see :class:`TrainingSummary`).
         description: a paragraph placed under the title.
-        template_path: a Jinja template in the form of ``model_cards/dynmask_template.md`` (the default); it gets
+        template_path: a Jinja template in the form of ``hf_dynmask/templates/model_card.md`` (the default); it gets
             ``card_data`` (the YAML) and the variables of :func:`template_variables`.
     """
     path = Path(template_path) if template_path is not None else DEFAULT_TEMPLATE
     if not path.is_file():
-        raise ValueError(f"model card template {path} not found; pass template_path= (see model_cards/ in the repo)")
+        raise ValueError(f"model card template {path} not found; pass template_path= (see hf_dynmask/templates/)")
     return ModelCard.from_template(
         card_data(summary), template_path=str(path), **template_variables(summary, description)
     )
