@@ -380,6 +380,12 @@ class DynMaskModel(DynMaskPreTrainedModel):
                 output_hidden_states,
             )
         _reject_unmarked_packing(position_ids, attention_mask)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(reference, dtype=torch.long)
+        if attention_mask.shape != reference.shape:
+            raise ValueError(
+                f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(reference.shape)}"
+            )
         if self.config.masking == "dynamic" or _check_implementation(self.config) in FLASH_IMPLEMENTATIONS:
             return self._forward_dynamic(
                 input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, output_hidden_states
@@ -391,13 +397,7 @@ class DynMaskModel(DynMaskPreTrainedModel):
     # -- the three paths -------------------------------------------------------------------------------------------
 
     def _forward_static(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, output_hidden):
-        reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
-        if attention_mask is None:
-            attention_mask = torch.ones_like(reference, dtype=torch.long)
-        if attention_mask.shape != reference.shape:
-            raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(reference.shape)}"
-            )
+        """Every position computed, padding included; ``attention_mask`` ``(B, T)`` is validated by the caller."""
         real = attention_mask.bool()
         if not bool(real.any(dim=1).all()):
             raise ValueError("a row of attention_mask has no real token; drop empty examples before batching")
@@ -413,13 +413,7 @@ class DynMaskModel(DynMaskPreTrainedModel):
         return self._output(hidden, first_token_state, all_hidden)
 
     def _forward_dynamic(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, output_hidden):
-        reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
-        if attention_mask is None:
-            attention_mask = torch.ones_like(reference, dtype=torch.long)
-        if attention_mask.shape != reference.shape:
-            raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(reference.shape)}"
-            )
+        """Padding stripped before the embeddings, restored at the output (zeros at padding)."""
         index = unpad_index(attention_mask)
         packed_positions = None if position_ids is None else unpad(position_ids, index)
         packed = self._run_packed(
