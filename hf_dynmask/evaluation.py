@@ -188,7 +188,9 @@ def per_example_tokens(predictions: Any, label_ids: Any) -> list[TokenExample]:
                     examples.append(TokenExample(row_ids, row_labels))
                 continue
             row_seq = seq_idx[row][keep]
-            if row_seq.size and (row_seq.min() < 0 or bool((np.diff(row_seq) < 0).any())):
+            if row_seq.size == 0:  # a batch without a labelled token (or the Trainer's -100 padding rows)
+                continue
+            if row_seq.min() < 0 or bool((np.diff(row_seq) < 0).any()):
                 raise ValueError(
                     "seq_idx must count the sequences of each packed batch (0, 0, 1, ...) at every labelled token; "
                     "pass label_names=['labels', 'seq_idx'] (labels first) with batches from the packed collator"

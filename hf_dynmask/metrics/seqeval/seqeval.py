@@ -2,8 +2,8 @@
 
 An ``evaluate`` metric script shipped with hf_dynmask, written for it (not a copy of the Hub module): the Hub's
 ``evaluate.load("seqeval")`` cannot be loaded without network, and the ``seqeval`` package is not a dependency of
-hf_dynmask, so chunking and counting are done here with the standard library. Keep one import per line: evaluate's
-import scanner misreads ``import a, b``.
+hf_dynmask, so chunking and counting are done here with the standard library. Keep one import per line: the
+scanner evaluate runs over this file misreads ``import a, b``, and reads any line that starts with those words.
 
 Tags are ``O`` or ``<prefix>-<TYPE>`` with prefix B (begin), I (inside), E (end) or S (single), as in IOB2 / IOBES.
 Entities never cross a sentence (each inner list is one sentence). An entity counts as correct when its type, first
