@@ -57,9 +57,9 @@ from .metrics.accuracy.accuracy import accuracy_score
 from .metrics.f1.f1 import AVERAGES, f1_score
 from .metrics.seqeval.seqeval import entity_scores
 from .metrics.squad.squad import squad_scores
+from .mlm import IGNORE_INDEX
 
 __all__ = [
-    "IGNORE_INDEX",
     "PACKED_TOKEN_LABEL_NAMES",
     "Span",
     "TokenExample",
@@ -73,7 +73,6 @@ __all__ = [
     "token_classification_metrics",
 ]
 
-IGNORE_INDEX = -100
 PACKED_TOKEN_LABEL_NAMES: tuple[str, ...] = ("labels", "seq_idx")
 
 TokenTask = Literal["ner", "pos"]
