@@ -95,9 +95,12 @@ class PaddingStatsCallback(TrainerCallback, ExportableState):
     """Log ``padding_efficiency`` and ``real_tokens_per_second`` at each logging step; keep the run's totals.
 
     Counts come from :meth:`record` (called by ``DynMaskTrainer``) or from a collator wrapped with :meth:`wrap`;
-    see the module docstring. At ``on_train_begin`` it also refuses a packed collator with a model that cannot keep
-    packed sequences apart (``hf_dynmask.trainer.check_packed_support``), so a stock ``Trainer`` with this callback
-    fails before the first step instead of training on cross-contaminated batches.
+    see the module docstring. Its totals are saved in every checkpoint and picked up again when training resumes
+    from one (at ``on_train_begin``, whatever ``restore_callback_states_from_checkpoint`` says).
+
+    At ``on_train_begin`` it also refuses a packed collator with a model that cannot keep packed sequences apart
+    (``hf_dynmask.trainer.check_packed_support``), so a stock ``Trainer`` with this callback fails before the first
+    step instead of training on cross-contaminated batches.
     """
 
     def __init__(self) -> None:
@@ -197,11 +200,17 @@ class PaddingStatsCallback(TrainerCallback, ExportableState):
         if model is not None and train_dataloader is not None:
             if collator_mode(getattr(train_dataloader, "collate_fn", None)) == "packed":
                 check_packed_support(model)
+        saved = state.stateful_callbacks.get(type(self).__name__) if state.global_step > 0 else None
+        if isinstance(saved, dict):  # resumed from a checkpoint: continue its totals
+            for name, value in saved.get("attributes", {}).items():
+                setattr(self, name, value)
         self._train_start = self._window_start = time.perf_counter()
         self._train_end = None
 
     def on_step_end(self, args, state, control, **kwargs):
         self.train_steps = state.global_step
+        if control.should_save:  # the checkpoint about to be written stores totals(): bring them up to date
+            self._drain_window()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None:
