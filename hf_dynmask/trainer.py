@@ -122,6 +122,9 @@ def collator_mode(collate_fn: Any) -> str | None:
     return None
 
 
+# Feature columns hf_dynmask collators read besides input_ids and the labels.
+_COLLATOR_COLUMNS = ("token_type_ids", "special_tokens_mask", "word_ids", "start_positions", "end_positions")
+
 # Label columns a training dataset must carry, per collator task (None: the collator makes the labels).
 _REQUIRED_LABELS: dict[str, tuple[str, ...] | None] = {
     "sequence-classification": ("labels", "label"),
@@ -300,6 +303,14 @@ class DynMaskTrainer(Trainer):
         )
 
     # -- data --------------------------------------------------------------------------------------------------------
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """Also keep the dataset columns hf_dynmask collators read, which a DynMask ``forward(**kwargs)`` does not
+        name (``remove_unused_columns`` would drop ``token_type_ids`` and break sentence pairs)."""
+        super()._set_signature_columns_if_needed()
+        if self._signature_columns is not None:
+            extra = [key for key in _COLLATOR_COLUMNS if key not in self._signature_columns]
+            self._signature_columns = list(self._signature_columns) + extra
 
     def get_train_dataloader(self) -> DataLoader:
         """The stock DataLoader, or token-budget batches when ``args.token_budget`` is set."""

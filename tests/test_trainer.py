@@ -549,3 +549,18 @@ def test_collator_mode_sees_through_wrappers(tok):
     assert collator_mode(wrapped) == "packed"
     assert collator_mode(DataCollatorWithFlattening()) == "packed"
     assert collator_mode(lambda features: features) is None
+
+
+def test_token_type_ids_survive_remove_unused_columns(tok, tmp_path):
+    """DynMask forward() takes **kwargs; the trainer keeps the feature columns the collator reads anyway."""
+    data = dataset_for("token-classification")
+    data = data.add_column("token_type_ids", [[1] * n for n in data["length"]]).add_column("junk", [0] * len(data))
+    trainer = DynMaskTrainer(
+        model=dynmask_model("token-classification"),
+        args=training_args(tmp_path),
+        train_dataset=data,
+        data_collator=make_collator(tok, "token-classification", "packed"),
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "token_type_ids" in batch and bool((batch["token_type_ids"] == 1).all())
+    assert "junk" not in batch
