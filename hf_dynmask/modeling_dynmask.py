@@ -641,9 +641,25 @@ def _tied_keys(head_path: str) -> dict[str, str]:
 class DynMaskForMaskedLM(_DynMaskLMBase):
     """Masked-LM head. Loss: mean over real (non ``-100``) labels, or a sum over ``num_items_in_batch``."""
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs) -> MaskedLMOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> MaskedLMOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self.bert(input_ids, attention_mask=attention_mask, **kwargs)
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
         logits = self._lm_head(outputs.last_hidden_state)  # (B, T, V) or (1, N, V)
         loss = None
         if labels is not None:
@@ -663,9 +679,25 @@ class DynMaskForCausalLM(_DynMaskLMBase):
             raise ValueError("DynMaskForCausalLM needs config.is_decoder=True (causal self-attention)")
         super().__init__(config)
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs) -> CausalLMOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self.bert(input_ids, attention_mask=attention_mask, **kwargs)
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
         logits = self._lm_head(outputs.last_hidden_state)
         loss = None
         if labels is not None:
@@ -704,9 +736,25 @@ class DynMaskForSequenceClassification(DynMaskPreTrainedModel):
             self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs) -> SequenceClassifierOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self.bert(input_ids, attention_mask=attention_mask, **kwargs)
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
         if self.config.head_style == "roberta":
             logits = self.classifier(outputs.first_token_state)
         else:
@@ -745,9 +793,25 @@ class DynMaskForTokenClassification(DynMaskPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs) -> TokenClassifierOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> TokenClassifierOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self.bert(input_ids, attention_mask=attention_mask, **kwargs)
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
@@ -778,10 +842,25 @@ class DynMaskForQuestionAnswering(DynMaskPreTrainedModel):
         self.post_init()
 
     def forward(
-        self, input_ids=None, attention_mask=None, start_positions=None, end_positions=None, **kwargs
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        **kwargs,
     ) -> QuestionAnsweringModelOutput:
         kwargs.pop("num_items_in_batch", None)
-        outputs = self.bert(input_ids, attention_mask=attention_mask, **kwargs)
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
         logits = self.qa_outputs(outputs.last_hidden_state)  # (B, T, 2) or (1, N, 2)
         cu_seqlens = kwargs.get("cu_seq_lens_q")
         if cu_seqlens is None and kwargs.get("seq_idx") is not None:
@@ -792,7 +871,7 @@ class DynMaskForQuestionAnswering(DynMaskPreTrainedModel):
         if cu_seqlens is not None:
             logits = repad(logits[0], pad_index_from_cu_seqlens(cu_seqlens), pad_value=min_value)  # (S, L, 2)
         else:
-            reference = input_ids if input_ids is not None else kwargs["inputs_embeds"][..., 0]
+            reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
             real = torch.ones_like(reference, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
             logits = logits.masked_fill(~real[..., None], min_value)
         start_logits, end_logits = logits.unbind(dim=-1)

@@ -449,3 +449,21 @@ def test_config_validation():
         DynMaskConfig(hidden_size=30, num_attention_heads=4)
     with pytest.raises(ValueError, match="head_style"):
         DynMaskConfig(head_style="gpt")
+
+
+@pytest.mark.parametrize(
+    "model_class",
+    [
+        DynMaskModel,
+        DynMaskForMaskedLM,
+        DynMaskForSequenceClassification,
+        DynMaskForTokenClassification,
+        DynMaskForQuestionAnswering,
+    ],
+)
+def test_forward_names_the_columns_trainer_keeps(model_class):
+    """Trainer(remove_unused_columns=True) keeps only dataset columns named in forward's signature."""
+    import inspect
+
+    names = set(inspect.signature(model_class.forward).parameters)
+    assert {"input_ids", "attention_mask", "token_type_ids", "position_ids"} <= names
