@@ -37,7 +37,32 @@ __version__ = "0.1.0"
 
 register_auto_classes()
 
+# Exported lazily: these pull in transformers' Trainer, accelerate, datasets or evaluate, which `import hf_dynmask`
+# should not pay for.
+_LAZY = {
+    "DynMaskTrainer": "trainer",
+    "DynMaskTrainingArguments": "trainer",
+    "check_packed_support": "trainer",
+    "PaddingStatsCallback": "callbacks",
+    "SetEpochCallback": "callbacks",
+    "prepare_dataset": "data",
+    "TokenBudgetStream": "data",
+    "save_with_code": "hub",
+    "push_to_hub_with_code": "hub",
+    "TrainingSummary": "model_card",
+    "write_model_card": "model_card",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
+    *_LAZY,
     "ATTN_IMPLEMENTATION",
     "DynMaskConfig",
     "DynMaskForCausalLM",
