@@ -9,6 +9,8 @@ from transformers import PretrainedConfig
 
 MASKING_MODES = ("static", "dynamic")
 HEAD_STYLES = ("bert", "roberta")
+#: Checkpoint types whose weights and hyper-parameters DynMask reads, and the head style each implies.
+SOURCE_MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "camembert": "roberta"}
 
 
 class DynMaskConfig(PretrainedConfig):
@@ -67,9 +69,15 @@ class DynMaskConfig(PretrainedConfig):
         tie_word_embeddings: bool = True,
         **kwargs,
     ):
-        source_type = kwargs.pop("model_type", None)
+        source_type = kwargs.pop("source_model_type", None) or kwargs.pop("model_type", None)
         if head_style is None:
-            head_style = "roberta" if source_type in ("roberta", "xlm-roberta", "camembert") else "bert"
+            head_style = SOURCE_MODEL_TYPES.get(source_type, "bert")
+        position_embedding_type = kwargs.pop("position_embedding_type", "absolute")
+        if position_embedding_type != "absolute":
+            raise ValueError(
+                "DynMask supports absolute position embeddings only, got "
+                f"position_embedding_type={position_embedding_type!r}"
+            )
         if masking not in MASKING_MODES:
             raise ValueError(f"masking must be one of {MASKING_MODES}, got {masking!r}")
         if head_style not in HEAD_STYLES:
@@ -111,6 +119,25 @@ class DynMaskConfig(PretrainedConfig):
         self.position_start = position_start
         self.varlen_bucket_ratio = varlen_bucket_ratio
         self.classifier_dropout = classifier_dropout
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """transformers' loader, reading BERT / RoBERTa ``config.json`` files as DynMask configs.
+
+        A source ``model_type`` of BERT's or RoBERTa's family is kept as ``source_model_type`` (it sets
+        ``head_style``); any other type is refused, since its weights would not fit.
+        """
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type")
+        if model_type is not None and model_type != cls.model_type:
+            if model_type not in SOURCE_MODEL_TYPES:
+                raise ValueError(
+                    f"{pretrained_model_name_or_path} holds a {model_type!r} model; DynMask reads "
+                    f"{sorted(SOURCE_MODEL_TYPES)} checkpoints (or its own 'dynmask' ones)"
+                )
+            config_dict = {**config_dict, "source_model_type": config_dict["model_type"]}
+            del config_dict["model_type"]
+        return config_dict, kwargs
 
     @property
     def max_seqlen(self) -> int:

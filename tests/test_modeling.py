@@ -467,3 +467,21 @@ def test_forward_names_the_columns_trainer_keeps(model_class):
 
     names = set(inspect.signature(model_class.forward).parameters)
     assert {"input_ids", "attention_mask", "token_type_ids", "position_ids"} <= names
+
+
+def test_config_reads_bert_and_refuses_other_checkpoints(tmp_path):
+    from transformers import GPT2Config
+
+    tiny_bert_config().save_pretrained(tmp_path / "bert")
+    config = DynMaskConfig.from_pretrained(tmp_path / "bert", masking="static")
+    assert (config.model_type, config.head_style, config.masking, config.hidden_size) == (
+        "dynmask",
+        "bert",
+        "static",
+        30,
+    )
+    GPT2Config(n_layer=1).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ValueError, match="holds a 'gpt2' model"):
+        DynMaskConfig.from_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ValueError, match="absolute position embeddings"):
+        DynMaskConfig(position_embedding_type="relative_key")
