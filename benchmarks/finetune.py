@@ -11,7 +11,9 @@ real tokens per second, padding efficiency (``PaddingStatsCallback`` totals) and
     squad         squad_v1               question answering       exact match, F1 (one feature per question)
 
 ``static`` pads every batch to ``--max-length`` with ``config.masking="static"`` (classic BERT compute); ``dynamic``
-pads to the longest of the batch and strips padding inside the model; ``packed`` has no padding. With
+pads to the longest of the batch and strips padding inside the model; ``packed`` has no padding. ``hf_grouped`` is the
+transformers way to compare with: the stock ``BertFor...`` head, a stock ``Trainer`` with
+``train_sampling_strategy="group_by_length"`` over the same length column, and transformers' padding collator. With
 ``--token-budget N``, ``dynamic`` and ``packed`` use token-budget batches (padded cost ``rows x longest`` for dynamic,
 the sum of lengths for packed); ``static`` keeps ``--batch-size`` rows.
 
@@ -28,6 +30,7 @@ import platform
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +56,7 @@ TASKS = {
     "ud_pos": ("ud_ewt_pos", "token-classification", "AutoModelForTokenClassification", "pos"),
     "squad": ("squad_v1", "question-answering", "AutoModelForQuestionAnswering", None),
 }
-MODES = ("static", "dynamic", "packed")
+MODES = ("static", "dynamic", "packed", "hf_grouped")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -146,7 +149,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def train_mode(args, mode, model_dir, tokenizer, train_set, eval_set, compute_metrics, labels, output_dir):
+def train_mode(args, *, mode, model_dir, tokenizer, train_set, eval_set, compute_metrics, labels, output_dir):
     """One mode: fresh weights, train, evaluate; returns the run's figures."""
     import transformers
 
@@ -225,6 +228,68 @@ def train_mode(args, mode, model_dir, tokenizer, train_set, eval_set, compute_me
     return result
 
 
+def train_hf_grouped(args, model_dir, tokenizer, train_set, eval_set, compute_metrics, labels, output_dir):
+    """The transformers baseline: stock head, stock Trainer, length-grouped sampling, dynamic padding."""
+    import transformers
+    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer, TrainingArguments
+
+    _, collator_task, auto_name, _ = TASKS[args.task]
+    config_kwargs: dict[str, Any] = {}
+    if collator_task == "question-answering":
+        config_kwargs["num_labels"] = 2
+    elif labels is not None:
+        config_kwargs.update(num_labels=len(labels))
+    torch.manual_seed(args.seed)
+    model = getattr(transformers, auto_name).from_pretrained(model_dir, **config_kwargs)
+    if collator_task == "token-classification":
+        collator = DataCollatorForTokenClassification(tokenizer)
+    else:
+        collator = DataCollatorWithPadding(tokenizer)
+    keep = ["input_ids", "token_type_ids", "attention_mask", "labels", "start_positions", "end_positions"]
+    train_hf = train_set.remove_columns([c for c in train_set.column_names if c not in keep + ["length"]])
+    eval_hf = eval_set.remove_columns([c for c in eval_set.column_names if c not in keep])
+    training_args = TrainingArguments(
+        output_dir=str(output_dir),
+        use_cpu=not torch.cuda.is_available(),
+        report_to=[],
+        save_strategy="no",
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation,
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_ratio,
+        logging_steps=max(1, len(train_set) // (args.batch_size * 10)),
+        seed=args.seed,
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_hf,
+        eval_dataset=eval_hf,
+        data_collator=collator,
+        compute_metrics=compute_metrics,
+    )
+    start = time.perf_counter()
+    train_output = trainer.train()
+    train_seconds = time.perf_counter() - start
+    metrics = trainer.evaluate()
+    real_tokens = sum(train_set["length"]) * args.epochs
+    return {
+        "mode": "hf_grouped",
+        "token_budget": None,
+        "train_seconds": train_seconds,
+        "train_loss": train_output.training_loss,
+        "train_steps": train_output.global_step,
+        "real_tokens": real_tokens,
+        "real_tokens_per_second": real_tokens / train_seconds,
+        "eval": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -254,8 +319,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         for mode in args.modes:
             output_dir = (args.output_dir / mode) if args.output_dir is not None else Path(scratch) / mode
-            result = train_mode(
-                args, mode, model_dir, tokenizer, train_set, eval_set, compute_metrics, labels, output_dir
+            runner = train_hf_grouped if mode == "hf_grouped" else partial(train_mode, mode=mode)
+            result = runner(
+                args,
+                model_dir=model_dir,
+                tokenizer=tokenizer,
+                train_set=train_set,
+                eval_set=eval_set,
+                compute_metrics=compute_metrics,
+                labels=labels,
+                output_dir=output_dir,
             )
             report["results"][mode] = result
             print(json.dumps(result), flush=True)
