@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -164,26 +163,52 @@ def limit_speedup(lengths, max_length, hidden=384, intermediate=1536, layers=6) 
 
 
 def peak_memory_child(args) -> None:
-    """Run one method's batches in this (fresh) process and print the rise of peak RSS in MiB."""
-    mode, name = args.memory_child.split(":")
+    """In a fresh process: load the model and one method's saved batches, run them, print the peak RSS rise (MiB).
+
+    RSS is polled from a thread every millisecond during the run only, so loading the model and the data (which
+    ``ru_maxrss`` would count) stays out of the figure.
+    """
+    import threading
+
+    import psutil
+
+    mode, name, batches_file = args.memory_child.split(":", 2)
+    train = mode == "train"
     torch.set_num_threads(args.threads)
-    model_dir, tokenizer, features = load_data(args)
-    methods = make_methods(model_dir, tokenizer, features, args, train=mode == "train")
-    model, batches = methods[name]
-    del methods
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    run_once(model, batches[:4], train=mode == "train")
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_rise_mib": (after - before) / 1024}))
+    model = torch.load(batches_file + ".model", weights_only=False)
+    batches = torch.load(batches_file, weights_only=False)
+    process = psutil.Process()
+    baseline = peak = process.memory_info().rss
+    done = threading.Event()
+
+    def poll():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, process.memory_info().rss)
+            time.sleep(0.001)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    run_once(model, batches, train=train)
+    done.set()
+    poller.join()
+    print(json.dumps({"peak_rise_mib": (peak - baseline) / 2**20}))
 
 
-def measure_memory(args, mode, names):
+def measure_memory(args, mode, methods):
+    """Peak RSS rise of each method over the same batches it was timed on, each in a fresh process."""
+    import tempfile
+
     out = {}
-    for name in names:
-        cmd = [sys.executable, __file__, "--_memory-child", f"{mode}:{name}", "--batches", "4", "--rounds", "1"]
-        cmd += ["--threads", str(args.threads), "--seed", str(args.seed), "--batch-size", str(args.batch_size)]
-        result = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        out[name] = json.loads(result.stdout.strip().splitlines()[-1])["peak_rise_mib"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (model, batches) in methods.items():
+            batches_file = os.path.join(tmp, f"{name}.pt")
+            torch.save(batches, batches_file)
+            torch.save(model, batches_file + ".model")
+            cmd = [sys.executable, __file__, "--_memory-child", f"{mode}:{name}:{batches_file}"]
+            cmd += ["--threads", str(args.threads)]
+            result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            out[name] = json.loads(result.stdout.strip().splitlines()[-1])["peak_rise_mib"]
     return out
 
 
@@ -247,7 +272,7 @@ def main(argv=None):
             row["speedup_vs_static"] = row["real_tokens_per_s"] / rows["hf_static"]["real_tokens_per_s"]
             row["fraction_of_limit"] = row["speedup_vs_static"] / limit
         if args.memory:
-            for name, mib in measure_memory(args, mode, list(methods)).items():
+            for name, mib in measure_memory(args, mode, methods).items():
                 rows[name]["peak_rss_rise_mib"] = mib
         report["results"][mode] = rows
         del methods
