@@ -81,6 +81,7 @@ class DemoSettings:
     modes: tuple[str, ...] = MODES
     mlm_maskings: tuple[str, ...] = MLM_MASKINGS
     seed: int = 0
+    threads: int | None = None  # torch CPU threads during the run (None: leave torch's setting)
     plot: bool = True
     progress: bool = True
 
@@ -117,6 +118,7 @@ class DemoSettings:
             "intermediate_size": 64,
             "trained_vocab_size": 400,
             "corpus_limit": 60,
+            "threads": 1,  # tiny matrices: more threads only add contention on a shared machine
         }
         return cls(**(values | overrides))
 
@@ -283,12 +285,22 @@ def run_demo(settings: DemoSettings | None = None) -> dict[str, Any]:
     same MLM masking), ``lengths`` (training example lengths), ``wall_seconds``, ``plot`` (the PNG path or None) and
     ``plot_message`` (why there is no plot).
     """
+    settings = settings or DemoSettings()
+    previous_threads = torch.get_num_threads()
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    try:
+        return _run_demo(settings)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_demo(settings: DemoSettings) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from .hub import save_with_code
     from .model_card import EvalMetric, TrainingSummary, write_model_card
 
-    settings = settings or DemoSettings()
     started = time.perf_counter()
     train_texts, eval_texts = _split_corpus(settings)
     tokenizer, tokenizer_name = demo_tokenizer(settings.tokenizer, train_texts, settings.trained_vocab_size)

@@ -157,7 +157,8 @@ def batch_orders(lengths: Sequence[int] | np.ndarray, batch_size: int, seed: int
 
     ``grouped`` is transformers' ``LengthGroupedSampler`` (its megabatches of 50 batches, longest first in each),
     driven by a ``torch.Generator`` seeded with ``seed``; ``random`` a NumPy permutation seeded with ``seed + 1``;
-    ``sorted`` all examples longest first. The last batch may be smaller.
+    ``sorted`` all examples by length, longest batch first, the smaller batch (if any) holding the longest examples:
+    the least padding batches of these sizes can have. In ``random`` and ``grouped`` the last batch may be smaller.
     """
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -168,12 +169,14 @@ def batch_orders(lengths: Sequence[int] | np.ndarray, batch_size: int, seed: int
     random_order = np.random.default_rng(seed + 1).permutation(n).tolist()
     generator = torch.Generator().manual_seed(seed)
     grouped = list(LengthGroupedSampler(batch_size, lengths=lens, generator=generator))
-    sorted_order = sorted(range(n), key=lambda i: -lens[i])
+    shortest_first = sorted(range(n), key=lambda i: lens[i])
 
     def batches(order: list[int]) -> list[list[int]]:
         return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
-    return BatchOrders(random=batches(random_order), grouped=batches(grouped), sorted=batches(sorted_order))
+    # Chunked shortest first, so a smaller last batch holds the longest examples, then listed longest first.
+    longest_first = batches(shortest_first)[::-1]
+    return BatchOrders(random=batches(random_order), grouped=batches(grouped), sorted=longest_first)
 
 
 def _padded_waste(lens: np.ndarray, batches: list[list[int]], pad_to: int | None) -> StrategyWaste:
