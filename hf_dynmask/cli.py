@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-length", type=_positive, help="truncation and static padding length")
     demo.add_argument("--modes", help="comma list of layouts (default: static,dynamic,packed)")
     demo.add_argument("--mlm-masking", help="comma list of MLM maskings (default: dynamic,static)")
-    demo.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's; --tiny: 1)")
+    demo.add_argument("--threads", type=_positive, help="torch CPU threads (default: 1)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-plot", dest="plot", action="store_false", help="do not write demo.png")
     demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

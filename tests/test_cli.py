@@ -129,6 +129,17 @@ def test_demo_saved_model_reloads(tmp_path, capsys):
     model = AutoModelForMaskedLM.from_pretrained(out_dir / "packed-dynamic-mlm")
     assert type(model).__name__ == "DynMaskForMaskedLM"
     assert not (out_dir / "demo.png").exists()
+    # a DynMask folder benchmarks too: the stock side is a BertModel with the same weights
+    path = tmp_path / "bench.json"
+    argv = ["bench", "--model", out_dir / "packed-dynamic-mlm", "--dataset", "stdlib", "--limit", 12, "--threads", 1]
+    argv += ["--batch-size", 4, "--max-length", 32, "--batches", 1, "--rounds", 1, "--no-progress", "--no-memory"]
+    code, _, err = run(
+        [*argv, "--methods", "hf_static,hf_dynamic_random,dynmask_packed_random", "--json", path], capsys
+    )
+    assert code == 0, err
+    report = json.loads(path.read_text())
+    assert report["model"]["model_type"] == "dynmask"
+    assert all(row["max_abs_diff"] < 1e-4 for mode in report["results"].values() for row in mode.values())
 
 
 def test_demo_without_matplotlib_says_so(tmp_path, capsys, monkeypatch):
