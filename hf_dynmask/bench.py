@@ -23,15 +23,17 @@ tokens per batch). Batches are collated up front, so only the model is timed. Me
 and each keeps its best round, so machine noise hits all of them alike.
 
 Reported per method: real tokens per second, the ratio to ``hf_static``, the fraction of the FLOP-proportional limit
-(:func:`limit_speedup`), the padding fraction of its batches, the peak memory rise (CUDA: allocator peak; CPU: resident
-set size sampled every millisecond, Linux only) and the largest difference to ``hf_dynamic_random`` on one fixed batch
-(hidden states at real tokens for inference, the loss in eval mode for training): a check that each layout computes
-the same thing.
+(:func:`limit_speedup`), the padding fraction of its batches, the peak memory rise over its timed batches (CUDA: the
+allocator's peak; CPU: the resident set size sampled every millisecond, after freed memory is handed back to the OS,
+Linux only) and the largest difference to ``hf_dynamic_random`` on one fixed batch (hidden states at real tokens for
+inference, the loss in eval mode for training): a check that each layout computes the same thing.
 """
 
 from __future__ import annotations
 
 import copy
+import ctypes
+import gc
 import json
 import logging
 import os
@@ -410,9 +412,22 @@ def _peak_memory_mib(model, batches, train: bool, device: torch.device) -> float
         torch.cuda.reset_peak_memory_stats(device)
         _run_once(model, batches, train, device)
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    _release_freed_memory()
     with _PeakRSS() as peak:
         _run_once(model, batches, train, device)
     return peak.rise_mib
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``), so the RSS baseline is the live memory.
+
+    Without it, memory an earlier method freed stays mapped and a later method's peak hides inside it.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the rise may under-count methods measured after a larger one
 
 
 def _real_token_states(output: Any, batch: dict[str, Any]) -> torch.Tensor:
@@ -621,7 +636,7 @@ def _run_mode(pair, tokenizer, features, sampled, check_batch, settings, train, 
         memory: dict[str, float | None] = dict.fromkeys(methods)
         if settings.memory:
             for name, (model, batches, _) in methods.items():
-                memory[name] = _peak_memory_mib(model, batches[:4], train, device)
+                memory[name] = _peak_memory_mib(model, batches, train, device)
                 progress.update()
 
     reference = None
