@@ -6,7 +6,8 @@ The strategies, for ``num_examples`` examples of token lengths ``lengths`` (alre
     dynamic_random  batches of ``batch_size`` in random order, each padded to its longest example.
     length_grouped  transformers' ``LengthGroupedSampler`` order (megabatches of 50 batches sorted by length),
                     each batch padded to its longest example.
-    sorted          all examples sorted by length, then batched: the least padding fixed-size batches can have.
+    sorted          all examples sorted by length, then batched (the smaller batch placed where it pads least): the
+                    least padding batches of ``batch_size`` can have.
     packed          best-fit-decreasing packs of at most ``token_budget`` tokens (:func:`hf_dynmask.packing.pack`),
                     sequences back to back in one row: no padding token is computed at all. ``budget_fill`` is how
                     full the packs are (the waste *if* every pack were padded to the budget, e.g. for fixed shapes).
@@ -157,8 +158,9 @@ def batch_orders(lengths: Sequence[int] | np.ndarray, batch_size: int, seed: int
 
     ``grouped`` is transformers' ``LengthGroupedSampler`` (its megabatches of 50 batches, longest first in each),
     driven by a ``torch.Generator`` seeded with ``seed``; ``random`` a NumPy permutation seeded with ``seed + 1``;
-    ``sorted`` all examples by length, longest batch first, the smaller batch (if any) holding the longest examples:
-    the least padding batches of these sizes can have. In ``random`` and ``grouped`` the last batch may be smaller.
+    ``sorted`` all examples by length, longest batch first, the smaller batch (if any) placed where it pads least:
+    the least padding of any cut of the sorted examples into batches of these sizes. In ``random`` and ``grouped``
+    the last batch may be smaller.
     """
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -169,14 +171,37 @@ def batch_orders(lengths: Sequence[int] | np.ndarray, batch_size: int, seed: int
     random_order = np.random.default_rng(seed + 1).permutation(n).tolist()
     generator = torch.Generator().manual_seed(seed)
     grouped = list(LengthGroupedSampler(batch_size, lengths=lens, generator=generator))
-    shortest_first = sorted(range(n), key=lambda i: lens[i])
 
     def batches(order: list[int]) -> list[list[int]]:
         return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
-    # Chunked shortest first, so a smaller last batch holds the longest examples, then listed longest first.
-    longest_first = batches(shortest_first)[::-1]
-    return BatchOrders(random=batches(random_order), grouped=batches(grouped), sorted=longest_first)
+    return BatchOrders(
+        random=batches(random_order), grouped=batches(grouped), sorted=_sorted_batches(lens, batch_size)
+    )
+
+
+def _sorted_batches(lens: list[int], batch_size: int) -> list[list[int]]:
+    """Examples sorted by length, cut into batches of ``batch_size`` plus one smaller batch of ``r = n % batch_size``
+    where it pads least; listed longest first.
+
+    Sorted ascending, a batch costs ``size * (its last length)``. With ``k`` full batches before the small one, the
+    full batches end at ``(j + 1) * B - 1`` (before it) or ``(j + 1) * B + r - 1`` (after it): the cost of every
+    ``k`` follows from two cumulative sums.
+    """
+    n = len(lens)
+    order = sorted(range(n), key=lambda i: lens[i])
+    ascending = np.asarray([lens[i] for i in order], dtype=np.int64)
+    full, r = divmod(n, batch_size)
+    k = full
+    if r and full:
+        ends = np.arange(1, full + 1) * batch_size - 1  # (full,) ends of the full batches when the small one is last
+        before = np.concatenate([[0], np.cumsum(ascending[ends])])  # cost / B of the first k full batches
+        after = np.concatenate([np.cumsum(ascending[ends + r][::-1])[::-1], [0]])  # of full batches k.. shifted by r
+        small = ascending[np.arange(full + 1) * batch_size + r - 1]  # last length of the small batch at position k
+        k = int(np.argmin(batch_size * (before + after) + r * small))
+    sizes = [batch_size] * k + ([r] if r else []) + [batch_size] * (full - k)
+    bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)][::-1]
 
 
 def _padded_waste(lens: np.ndarray, batches: list[list[int]], pad_to: int | None) -> StrategyWaste:

@@ -391,3 +391,28 @@ def test_padding_waste_properties(lengths, batch_size):
     assert waste["sorted"].computed_tokens <= waste["dynamic_random"].computed_tokens
     assert waste["sorted"].computed_tokens <= waste["length_grouped"].computed_tokens
     assert waste["packed"].computed_tokens == total and waste["packed"].num_batches >= -(-total // 64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=6), st.integers(1, 4))
+def test_sorted_batches_pad_least_of_all_groupings(lengths, batch_size):
+    """Brute force: no grouping of the examples into batches of these sizes computes fewer tokens than 'sorted'."""
+    import itertools
+
+    full, r = divmod(len(lengths), batch_size)
+    best = min(
+        sum(len(b) * max(lengths[i] for i in b) for b in groups)
+        for perm in itertools.permutations(range(len(lengths)))
+        for k in range(full + 1)
+        for groups in [_cut(list(perm), [batch_size] * k + ([r] if r else []) + [batch_size] * (full - k))]
+    )
+    waste = padding_waste(lengths, max_length=9, batch_size=batch_size, token_budget=9)
+    assert waste["sorted"].computed_tokens == best
+
+
+def _cut(order: list[int], sizes: list[int]) -> list[list[int]]:
+    out, start = [], 0
+    for size in sizes:
+        out.append(order[start : start + size])
+        start += size
+    return out
