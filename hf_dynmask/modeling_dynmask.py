@@ -52,6 +52,7 @@ from .attention import (
 )
 from .configuration_dynmask import DynMaskConfig
 from .layout import (
+    UnpadIndex,
     pad_index_from_cu_seqlens,
     position_ids_from_cu_seqlens,
     repad,
@@ -92,10 +93,14 @@ class DynMaskModelOutput(BaseModelOutputWithPooling):
 
     Shapes: ``last_hidden_state`` follows the input, ``(B, T, h)`` padded (zeros at padding under dynamic masking)
     or ``(1, N, h)`` packed; ``first_token_state`` and ``pooler_output`` are ``(B or S, h)``, one row per sequence
-    (its first real token, whatever the padding side).
+    (its first real token, whatever the padding side). Under dynamic masking, ``packed_hidden_state`` ``(N, h)`` and
+    ``unpad_index`` also give the real tokens before they were scattered back, so per-token heads run on real tokens
+    only (:meth:`DynMaskPreTrainedModel._per_token`).
     """
 
     first_token_state: torch.Tensor | None = None
+    packed_hidden_state: torch.Tensor | None = None
+    unpad_index: UnpadIndex | None = None
 
 
 def _check_implementation(config: DynMaskConfig) -> str:
@@ -290,6 +295,33 @@ class DynMaskPreTrainedModel(PreTrainedModel):
         if isinstance(module, (DynMaskBertLMHead, DynMaskRobertaLMHead)):
             module.bias.zero_()
 
+    @staticmethod
+    def _per_token(outputs: DynMaskModelOutput, head, labels: torch.Tensor | None, shift: bool = False):
+        """Apply a per-token head and line its labels up with its logits.
+
+        Under dynamic masking the head runs on the ``N`` real tokens only (a vocabulary projection at padding is the
+        most expensive waste of all) and the loss is taken there; the logits are scattered back to ``(B, T, C)``
+        for the output. ``shift=True`` (causal LM) shifts the labels inside each padded row first, so no label is
+        predicted across sequences. Returns ``(output logits, loss logits, loss labels, shift_labels)``.
+        """
+        if outputs.unpad_index is None:
+            logits = head(outputs.last_hidden_state)
+            return logits, logits, labels, None
+        index = outputs.unpad_index
+        packed_logits = head(outputs.packed_hidden_state)  # (N, C)
+        loss_labels = shift_labels = None
+        if labels is not None:
+            if labels.shape != (index.batch_size, index.seqlen):
+                raise ValueError(
+                    f"labels {tuple(labels.shape)} must match the tokens {(index.batch_size, index.seqlen)}"
+                )
+            if shift:
+                shifted = nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+                shift_labels = unpad(shifted, index)
+            else:
+                loss_labels = unpad(labels, index)
+        return repad(packed_logits, index), packed_logits, loss_labels, shift_labels
+
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
         """transformers' check, with errors that name what to install or which names exist."""
         if requested_attention is not None and requested_attention not in SUPPORTED_IMPLEMENTATIONS:
@@ -426,13 +458,13 @@ class DynMaskModel(DynMaskPreTrainedModel):
             output_hidden,
         )
         hidden, first_token_state, all_hidden = packed
-
-        def to_padded(t):
-            return repad(t, index)
-
-        return self._output(
-            to_padded(hidden), first_token_state, None if all_hidden is None else [to_padded(h) for h in all_hidden]
+        output = self._output(
+            repad(hidden, index),
+            first_token_state,
+            None if all_hidden is None else [repad(h, index) for h in all_hidden],
         )
+        output.packed_hidden_state, output.unpad_index = hidden, index
+        return output
 
     def _forward_packed(
         self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, cu_seqlens, output_hidden
@@ -660,10 +692,12 @@ class DynMaskForMaskedLM(_DynMaskLMBase):
             inputs_embeds=inputs_embeds,
             **kwargs,
         )
-        logits = self._lm_head(outputs.last_hidden_state)  # (B, T, V) or (1, N, V)
+        logits, loss_logits, loss_labels, _ = self._per_token(outputs, self._lm_head, labels)  # (B, T, V) / (1, N, V)
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits, labels, self.config.vocab_size, num_items_in_batch=num_items_in_batch)
+            loss = self.loss_function(
+                loss_logits, loss_labels, self.config.vocab_size, num_items_in_batch=num_items_in_batch
+            )
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
@@ -698,10 +732,16 @@ class DynMaskForCausalLM(_DynMaskLMBase):
             inputs_embeds=inputs_embeds,
             **kwargs,
         )
-        logits = self._lm_head(outputs.last_hidden_state)
+        logits, loss_logits, _, shift_labels = self._per_token(outputs, self._lm_head, labels, shift=True)
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits, labels, self.config.vocab_size, num_items_in_batch=num_items_in_batch)
+            loss = self.loss_function(
+                loss_logits,
+                None if shift_labels is not None else labels,
+                self.config.vocab_size,
+                num_items_in_batch=num_items_in_batch,
+                shift_labels=shift_labels,
+            )
         return CausalLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
@@ -812,12 +852,16 @@ class DynMaskForTokenClassification(DynMaskPreTrainedModel):
             inputs_embeds=inputs_embeds,
             **kwargs,
         )
-        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        if labels is not None and labels.shape != outputs.last_hidden_state.shape[:-1]:
+            raise ValueError(
+                f"labels {tuple(labels.shape)} must match the tokens {tuple(outputs.last_hidden_state.shape[:-1])}"
+            )
+        logits, loss_logits, loss_labels, _ = self._per_token(
+            outputs, lambda hidden: self.classifier(self.dropout(hidden)), labels
+        )
         loss = None
         if labels is not None:
-            if labels.shape != logits.shape[:-1]:
-                raise ValueError(f"labels {tuple(labels.shape)} must match the tokens {tuple(logits.shape[:-1])}")
-            loss = self.loss_function(logits, labels, self.config, num_items_in_batch=num_items_in_batch)
+            loss = self.loss_function(loss_logits, loss_labels, self.config, num_items_in_batch=num_items_in_batch)
         return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 

@@ -280,9 +280,19 @@ def test_causal_lm_matches_hf_and_never_predicts_across_sequences(layout):
     model = dynmask_like(hf_model, DynMaskForCausalLM, masking_for(layout), "dynmask_varlen", is_decoder=True)
     inputs = model_inputs(seqs, layout, static_len=24)
     with torch.no_grad():
-        reference = real_tokens(hf_model(**ref_inputs).logits, ref_inputs)
-        got = real_tokens(model(**inputs).logits, inputs)
-    torch.testing.assert_close(got, reference, atol=1e-5, rtol=0)
+        reference_output = hf_model(**ref_inputs, labels=causal_labels(seqs, "dynamic", ref_inputs))
+        output = model(**inputs, labels=causal_labels(seqs, layout, inputs))
+    reference = real_tokens(reference_output.logits, ref_inputs)
+    torch.testing.assert_close(real_tokens(output.logits, inputs), reference, atol=1e-5, rtol=0)
+    # the same next-token loss in every layout: nothing is predicted across sequences or from padding
+    torch.testing.assert_close(output.loss, reference_output.loss, atol=1e-5, rtol=0)
+
+
+def causal_labels(seqs, layout, inputs):
+    """Labels as the causal-LM collator makes them: the inputs, -100 at padding / at each packed sequence's start."""
+    if layout == "packed":
+        return torch.cat([torch.cat([torch.tensor([-100]), s[1:]]) for s in seqs])[None]
+    return inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
 
 
 @pytest.mark.parametrize("layout", ["dynamic", "packed", "static"])
