@@ -266,7 +266,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         extra={"dataset": args.dataset, "text_column": args.text_column, "split": args.split, "limit": args.limit},
     )
     report = run_benchmark(model_dir, texts, settings, tokenizer=tokenizer, dataset_name=args.dataset)
-    report["command"] = "hf-dynmask bench " + " ".join(args.argv)
+    report["command"] = "hf-dynmask " + " ".join(args.argv)
     if args.json is not None:
         write_json(args.json, report)
     if args.plot is not None:
