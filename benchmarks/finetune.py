@@ -211,9 +211,10 @@ def train_mode(args, *, mode, model_dir, tokenizer, train_set, eval_set, compute
         "eval": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
     }
     if args.output_dir is not None:
+        from hf_dynmask.hub import save_with_code
         from hf_dynmask.model_card import TrainingSummary, write_model_card
 
-        trainer.save_model(str(output_dir))
+        save_with_code(trainer.model, output_dir, tokenizer=tokenizer)  # the card promises the code is there
         summary = TrainingSummary.from_totals(
             {**totals, **{k: v for k, v in metrics.items() if k.startswith("eval_")}},
             eval_dataset=data_dir,
