@@ -53,6 +53,7 @@ from .attention import (
 from .configuration_dynmask import DynMaskConfig
 from .layout import (
     UnpadIndex,
+    cu_seqlens_from_seq_idx,
     pad_index_from_cu_seqlens,
     position_ids_from_cu_seqlens,
     repad,
@@ -295,6 +296,18 @@ class DynMaskPreTrainedModel(PreTrainedModel):
         if isinstance(module, (DynMaskBertLMHead, DynMaskRobertaLMHead)):
             module.bias.zero_()
 
+    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs):
+        """The heads' encoder call. Each head names these inputs in its own ``forward``, because transformers'
+        ``Trainer(remove_unused_columns=True)`` keeps only the dataset columns a signature names."""
+        return self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+
     @staticmethod
     def _per_token(outputs: DynMaskModelOutput, head, labels: torch.Tensor | None, shift: bool = False):
         """Apply a per-token head and line its labels up with its logits.
@@ -397,8 +410,6 @@ class DynMaskModel(DynMaskPreTrainedModel):
             raise ValueError("DynMask is an encoder with self-attention: cu_seq_lens_k must equal cu_seq_lens_q")
         cu_seqlens = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
         if cu_seqlens is None and seq_idx is not None:
-            from .layout import cu_seqlens_from_seq_idx
-
             cu_seqlens = cu_seqlens_from_seq_idx(seq_idx)
 
         if cu_seqlens is not None:
@@ -481,13 +492,14 @@ class DynMaskModel(DynMaskPreTrainedModel):
                 "attention_mask, or use the dynamic-padding collator instead of the packed one"
             )
         num_tokens = reference.shape[1]
-        if cu_seqlens.dim() != 1 or int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != num_tokens:
+        bounds = cu_seqlens.tolist() if cu_seqlens.dim() == 1 else None  # the one host sync of these checks
+        if not bounds or bounds[0] != 0 or bounds[-1] != num_tokens:
             raise ValueError(
                 f"cu_seq_lens_q must be 1-D, start at 0 and end at the row's {num_tokens} tokens, got "
                 f"{cu_seqlens.tolist()[:8]}..."
             )
-        lens = cu_seqlens[1:] - cu_seqlens[:-1]
-        if bool((lens < 1).any()):
+        lens = [end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+        if min(lens) < 1:
             raise ValueError("cu_seq_lens_q must be strictly increasing: every packed sequence needs >= 1 token")
         cu_seqlens = cu_seqlens.to(torch.int32)
         squeeze = lambda t: None if t is None else t[0]  # noqa: E731
@@ -497,7 +509,7 @@ class DynMaskModel(DynMaskPreTrainedModel):
             squeeze(token_type_ids),
             squeeze(position_ids),
             cu_seqlens,
-            int(lens.max()),
+            max(lens),
             output_hidden,
         )
         unsqueeze = lambda t: t.unsqueeze(0)  # noqa: E731
@@ -684,14 +696,7 @@ class DynMaskForMaskedLM(_DynMaskLMBase):
         **kwargs,
     ) -> MaskedLMOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self.bert(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            **kwargs,
-        )
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
         logits, loss_logits, loss_labels, _ = self._per_token(outputs, self._lm_head, labels)  # (B, T, V) / (1, N, V)
         loss = None
         if labels is not None:
@@ -724,14 +729,7 @@ class DynMaskForCausalLM(_DynMaskLMBase):
         **kwargs,
     ) -> CausalLMOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self.bert(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            **kwargs,
-        )
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
         logits, loss_logits, _, shift_labels = self._per_token(outputs, self._lm_head, labels, shift=True)
         loss = None
         if labels is not None:
@@ -787,14 +785,7 @@ class DynMaskForSequenceClassification(DynMaskPreTrainedModel):
         **kwargs,
     ) -> SequenceClassifierOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self.bert(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            **kwargs,
-        )
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
         if self.config.head_style == "roberta":
             logits = self.classifier(outputs.first_token_state)
         else:
@@ -844,14 +835,7 @@ class DynMaskForTokenClassification(DynMaskPreTrainedModel):
         **kwargs,
     ) -> TokenClassifierOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self.bert(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            **kwargs,
-        )
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
         if labels is not None and labels.shape != outputs.last_hidden_state.shape[:-1]:
             raise ValueError(
                 f"labels {tuple(labels.shape)} must match the tokens {tuple(outputs.last_hidden_state.shape[:-1])}"
@@ -897,19 +881,10 @@ class DynMaskForQuestionAnswering(DynMaskPreTrainedModel):
         **kwargs,
     ) -> QuestionAnsweringModelOutput:
         kwargs.pop("num_items_in_batch", None)
-        outputs = self.bert(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            **kwargs,
-        )
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
         logits = self.qa_outputs(outputs.last_hidden_state)  # (B, T, 2) or (1, N, 2)
         cu_seqlens = kwargs.get("cu_seq_lens_q")
         if cu_seqlens is None and kwargs.get("seq_idx") is not None:
-            from .layout import cu_seqlens_from_seq_idx
-
             cu_seqlens = cu_seqlens_from_seq_idx(kwargs["seq_idx"])
         min_value = torch.finfo(logits.dtype).min
         if cu_seqlens is not None:
