@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hf_dynmask.collators import make_collator, token_counts, tokenize_and_align
+from hf_dynmask.data.collators import make_collator, token_counts, tokenize_and_align
 
 DATA = Path("/work/shared/data")
 BATCH_SIZE = 32

@@ -3,7 +3,7 @@
 Packs (a) 100,000 synthetic long-tailed lengths (log-normal, clipped to 1..512) and (b) the train-split lengths of
 real datasets under the real MiniLM tokenizer (ud_ewt_pos: pre-split words; banking77: text), at token budgets
 1024 / 2048 / 4096, with both costs (``packed``: sum of lengths; ``padded``: batch size x longest). Times are the
-best of several repeats of :func:`hf_dynmask.packing.pack` (validation included). Efficiency is real tokens over
+best of several repeats of :func:`hf_dynmask.data.packing.pack` (validation included). Efficiency is real tokens over
 ``num_packs * budget``; "best possible" is the same at the lower bound ``ceil(tokens / budget)`` packs, capped by the
 partly empty last pack; for the padded cost, "padding" is the share of padding in the ``size x longest`` tensors.
 Writes ``benchmarks/results/packing.json`` with the environment and prints a markdown table.
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hf_dynmask.packing import pack
+from hf_dynmask.data.packing import pack
 
 DATA = Path("/work/shared/data")
 BUDGETS = (1024, 2048, 4096)
@@ -132,7 +132,7 @@ def main() -> None:
     ]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "benchmark": "hf_dynmask.packing.pack",
+        "benchmark": "hf_dynmask.data.packing.pack",
         "command": "python benchmarks/bench_packing.py",
         "algorithm": "best-fit decreasing (packed); greedy longest-first runs (padded)",
         "environment": environment(),

@@ -39,13 +39,13 @@ import torch
 
 from hf_dynmask import DynMaskConfig, make_collator
 from hf_dynmask.data import prepare_dataset
-from hf_dynmask.evaluation import (
+from hf_dynmask.training import DynMaskTrainer, DynMaskTrainingArguments
+from hf_dynmask.training.evaluation import (
     eval_label_names,
     question_answering_metrics,
     sequence_classification_metrics,
     token_classification_metrics,
 )
-from hf_dynmask.trainer import DynMaskTrainer, DynMaskTrainingArguments
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
@@ -211,8 +211,8 @@ def train_mode(args, *, mode, model_dir, tokenizer, train_set, eval_set, compute
         "eval": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
     }
     if args.output_dir is not None:
-        from hf_dynmask.hub import save_with_code
-        from hf_dynmask.model_card import TrainingSummary, write_model_card
+        from hf_dynmask.sharing.hub import save_with_code
+        from hf_dynmask.sharing.model_card import TrainingSummary, write_model_card
 
         save_with_code(trainer.model, output_dir, tokenizer=tokenizer)  # the card promises the code is there
         summary = TrainingSummary.from_totals(

@@ -2,13 +2,23 @@
 
 Importing it registers the DynMask model family with transformers' Auto classes and the ``"dynmask_varlen"``
 attention implementation.
+
+The package is layered; a layer imports only the layers above it in this list:
+
+    modeling/   the model side, self-contained (shipped next to saved models as remote code)
+    data/       collators, MLM masking, packing, dataset preparation (uses modeling's layout vocabulary)
+    training/   Trainer integration, callbacks, checks, evaluation, offline metrics
+    sharing/    Hub helpers and model cards
+    commands/   the ``hf-dynmask`` command line (demo, bench, inspect)
 """
 
-from .attention import ATTN_IMPLEMENTATION, plan_varlen, varlen_attention
-from .auto import register_auto_classes
-from .collators import TokenCounts, align_labels_with_tokens, make_collator, token_counts, tokenize_and_align
-from .configuration_dynmask import DynMaskConfig
-from .layout import (
+from .data.collators import TokenCounts, align_labels_with_tokens, make_collator, token_counts, tokenize_and_align
+from .data.packing import PackingResult, TokenBudgetBatchSampler, pack, read_lengths
+from .data.prepare import TokenBudgetStream, prepare_dataset
+from .modeling.attention import ATTN_IMPLEMENTATION, plan_varlen, varlen_attention
+from .modeling.auto import register_auto_classes
+from .modeling.configuration_dynmask import DynMaskConfig
+from .modeling.layout import (
     PackedLayout,
     UnpadIndex,
     cu_seqlens_from_seq_idx,
@@ -22,7 +32,7 @@ from .layout import (
     unpad,
     unpad_index,
 )
-from .modeling_dynmask import (
+from .modeling.modeling_dynmask import (
     DynMaskForCausalLM,
     DynMaskForMaskedLM,
     DynMaskForQuestionAnswering,
@@ -31,26 +41,23 @@ from .modeling_dynmask import (
     DynMaskModel,
     DynMaskPreTrainedModel,
 )
-from .packing import PackingResult, TokenBudgetBatchSampler, pack, read_lengths
 
 __version__ = "0.1.0"
 
 register_auto_classes()
 
-# Exported lazily: these pull in transformers' Trainer, accelerate, datasets or evaluate, which `import hf_dynmask`
-# should not pay for.
+# Exported lazily: these pull in transformers' Trainer, accelerate or huggingface_hub's card machinery, which
+# `import hf_dynmask` should not pay for.
 _LAZY = {
-    "DynMaskTrainer": "trainer",
-    "DynMaskTrainingArguments": "trainer",
-    "check_packed_support": "trainer",
-    "PaddingStatsCallback": "callbacks",
-    "SetEpochCallback": "callbacks",
-    "prepare_dataset": "data",
-    "TokenBudgetStream": "data",
-    "save_with_code": "hub",
-    "push_to_hub_with_code": "hub",
-    "TrainingSummary": "model_card",
-    "write_model_card": "model_card",
+    "DynMaskTrainer": "training.trainer",
+    "DynMaskTrainingArguments": "training.trainer",
+    "check_packed_support": "training.checks",
+    "PaddingStatsCallback": "training.callbacks",
+    "SetEpochCallback": "training.callbacks",
+    "save_with_code": "sharing.hub",
+    "push_to_hub_with_code": "sharing.hub",
+    "TrainingSummary": "sharing.model_card",
+    "write_model_card": "sharing.model_card",
 }
 
 
@@ -76,6 +83,7 @@ __all__ = [
     "PackedLayout",
     "PackingResult",
     "TokenBudgetBatchSampler",
+    "TokenBudgetStream",
     "TokenCounts",
     "UnpadIndex",
     "align_labels_with_tokens",
@@ -87,6 +95,7 @@ __all__ = [
     "packed_layout",
     "plan_varlen",
     "position_ids_from_cu_seqlens",
+    "prepare_dataset",
     "read_lengths",
     "register_auto_classes",
     "repad",

@@ -241,7 +241,7 @@ MASKS = [
 An attention mask says which keys each query may look at. In hf_dynmask (as in PyTorch's SDPA and in
 transformers) a **bool mask is True where attention is allowed**; the additive form of the same mask is `0` where
 allowed and `torch.finfo(dtype).min` where blocked, added to the attention scores before the softmax.
-`hf_dynmask.masks.draw` prints a 2-D mask with one line per query: `■` attend, `⬚` blocked.
+`hf_dynmask.modeling.masks.draw` prints a 2-D mask with one line per query: `■` attend, `⬚` blocked.
 
 Masks are written once as small predicates (`padding`, `document`, `causal`, combined with `and_masks`) and
 converted per backend (`to_bool` for SDPA, `to_additive` for eager attention, `to_block_mask` for FlexAttention).
@@ -256,7 +256,7 @@ import transformers
 from transformers import AutoTokenizer
 
 from hf_dynmask import make_collator
-from hf_dynmask.masks import and_masks, causal, document, draw, padding, to_additive, to_bool
+from hf_dynmask.modeling.masks import and_masks, causal, document, draw, padding, to_additive, to_bool
 
 """
         + QUIET
@@ -392,7 +392,7 @@ so the attention output *is* the row of attention weights.
 
 - torch's SDPA (`F.scaled_dot_product_attention`) with the bool mask: the kernel behind transformers' `"sdpa"` and
   hf_dynmask's `"dynmask_varlen"`;
-- the eager form: scores plus `hf_dynmask.masks.to_additive(mask)`, then the softmax (hf_dynmask's `"eager"`
+- the eager form: scores plus `hf_dynmask.modeling.masks.to_additive(mask)`, then the softmax (hf_dynmask's `"eager"`
   reference, and transformers' eager attention).
 """),
     code("""
@@ -516,10 +516,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Prin
 
 from hf_dynmask import DynMaskConfig, make_collator
 from hf_dynmask.data import prepare_dataset
-from hf_dynmask.evaluation import eval_label_names, sequence_classification_metrics
-from hf_dynmask.hub import save_with_code
-from hf_dynmask.model_card import TrainingSummary, write_model_card
-from hf_dynmask.trainer import DynMaskTrainer, DynMaskTrainingArguments
+from hf_dynmask.sharing import TrainingSummary, save_with_code, write_model_card
+from hf_dynmask.training import DynMaskTrainer, DynMaskTrainingArguments
+from hf_dynmask.training.evaluation import eval_label_names, sequence_classification_metrics
 
 """
         + QUIET

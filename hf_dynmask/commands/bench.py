@@ -1,0 +1,713 @@
+"""Side-by-side speed of batch layouts on one encoder: transformers' padding strategies against hf_dynmask's.
+
+The library side of ``hf-dynmask bench`` (and of ``benchmarks/bench_model.py``). One model directory (a BERT,
+RoBERTa or DynMask checkpoint) and one list of texts; every method runs the same model weights:
+
+    hf_static               stock transformers model, ``DataCollatorWithPadding(padding="max_length")``, random order
+    hf_dynamic_random       stock model, ``DataCollatorWithPadding`` (pad to the longest of the batch), random order
+    hf_length_grouped       stock model, ``DataCollatorWithPadding``, ``LengthGroupedSampler`` order
+                            (``TrainingArguments(group_by_length=True)``)
+    hf_sorted               stock model, ``DataCollatorWithPadding``, the whole data set sorted by length (not a
+                            training order: the least padding fixed-size batches can have)
+    hf_flattening           stock model, ``DataCollatorWithFlattening(return_flash_attn_kwargs=True)``: only where it
+                            is correct (see :func:`flattening_plan`); otherwise listed as skipped with the reason
+    dynmask_static_random   hf_dynmask collator padding to ``max_length``, DynMask model with ``masking="dynamic"``
+                            (strips the padding inside the model): the data pipeline of ``hf_static`` unchanged
+    dynmask_dynamic_random  hf_dynmask dynamic-padding collator, DynMask model
+    dynmask_packed_random   hf_dynmask packed collator (the same batches, back to back in one row), DynMask model
+
+Two steps are timed: ``inference`` (the base model, ``torch.inference_mode``) and ``train`` (sequence classification
+with a two-class head, forward + backward; dropout on). Each method orders the whole data set as it would for an epoch
+and the same stratified sample of its full batches is timed (``batches`` batches at evenly spaced quantiles of real
+tokens per batch). Batches are collated up front, so only the model is timed. Methods are interleaved round by round
+and each keeps its best round, so machine noise hits all of them alike.
+
+Reported per method: real tokens per second, the ratio to ``hf_static``, the fraction of the FLOP-proportional limit
+(:func:`limit_speedup`), the padding fraction of its batches, the peak memory rise over its timed batches (CUDA: the
+allocator's peak; CPU: the resident set size sampled every millisecond, after freed memory is handed back to the OS,
+Linux only) and the largest difference to ``hf_dynamic_random`` on one fixed batch (hidden states at real tokens for
+inference, the loss in eval mode for training): a check that each layout computes the same thing.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import gc
+import json
+import logging
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+
+from ..data.collators import make_collator, token_counts
+from ..modeling.configuration_dynmask import DynMaskConfig
+from .atomic import atomic_path
+from .padding_waste import batch_orders
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "METHODS",
+    "MODES",
+    "SUPPORTED_MODEL_TYPES",
+    "BenchSettings",
+    "FlatteningPlan",
+    "Method",
+    "ModelPair",
+    "check_model_dir",
+    "flattening_plan",
+    "flops_per_sequence",
+    "limit_speedup",
+    "load_models",
+    "make_features",
+    "markdown",
+    "plot_bench",
+    "run_benchmark",
+]
+
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "dynmask")
+MODES = ("inference", "train")
+REFERENCE = "hf_dynamic_random"
+BASELINE = "hf_static"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One benchmarked method: which model family, which batch layout, which example order."""
+
+    name: str
+    family: Literal["hf", "dynmask"]
+    layout: Literal["static", "dynamic", "packed", "flattening"]
+    order: Literal["random", "grouped", "sorted"]
+    description: str
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("hf_static", "hf", "static", "random", "transformers, DataCollatorWithPadding(padding='max_length')"),
+        Method("hf_dynamic_random", "hf", "dynamic", "random", "transformers, DataCollatorWithPadding, random order"),
+        Method(
+            "hf_length_grouped", "hf", "dynamic", "grouped", "transformers, DataCollatorWithPadding, group_by_length"
+        ),
+        Method("hf_sorted", "hf", "dynamic", "sorted", "transformers, DataCollatorWithPadding, fully length-sorted"),
+        Method("hf_flattening", "hf", "flattening", "random", "transformers, DataCollatorWithFlattening"),
+        Method(
+            "dynmask_static_random",
+            "dynmask",
+            "static",
+            "random",
+            "hf_dynmask static collator (pad to max_length), DynMask model strips the padding",
+        ),
+        Method("dynmask_dynamic_random", "dynmask", "dynamic", "random", "hf_dynmask dynamic padding, DynMask model"),
+        Method("dynmask_packed_random", "dynmask", "packed", "random", "hf_dynmask packed rows, DynMask model"),
+    )
+}
+DEFAULT_METHODS = tuple(name for name in METHODS if name != "hf_sorted")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What to run. ``device=None`` picks CUDA when available, else CPU."""
+
+    batch_size: int = 32
+    max_length: int = 256
+    batches: int = 12
+    rounds: int = 3
+    seed: int = 0
+    modes: tuple[str, ...] = MODES
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    memory: bool = True
+    device: str | None = None
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded in the report's settings, not used
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_length", "batches", "rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        object.__setattr__(self, "modes", tuple(self.modes))
+        object.__setattr__(self, "methods", tuple(self.methods))
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown or not self.modes:
+            raise ValueError(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        if BASELINE not in self.methods:
+            raise ValueError(f"methods must include {BASELINE!r}: every ratio is taken to it")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ModelPair(NamedTuple):
+    """The same weights as a stock transformers model and as a DynMask model."""
+
+    hf: torch.nn.Module
+    dynmask: torch.nn.Module
+    model_type: str  # of the directory: bert / roberta / dynmask
+    position_start: int  # first position id of every sequence (0 for BERT, padding_idx + 1 for RoBERTa)
+
+
+def check_model_dir(model_dir: str | Path) -> str:
+    """The ``model_type`` of a model directory, checked to be one of :data:`SUPPORTED_MODEL_TYPES`."""
+    path = Path(model_dir)
+    config_file = path / "config.json"
+    if not path.is_dir():
+        raise ValueError(f"model directory {str(path)!r} does not exist; pass a folder written by save_pretrained")
+    if not config_file.is_file():
+        raise ValueError(f"{str(path)!r} has no config.json; pass a folder written by save_pretrained")
+    try:
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{config_file} is not valid JSON ({error})") from error
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"unknown model type {model_type!r} in {config_file}: the benchmark compares BERT-style encoders, "
+            f"one of {list(SUPPORTED_MODEL_TYPES)}"
+        )
+    return model_type
+
+
+def _renamed(state: dict[str, torch.Tensor], old: str, new: str) -> dict[str, torch.Tensor]:
+    return {(new + k[len(old) :] if k.startswith(old) else k): v for k, v in state.items()}
+
+
+def load_models(model_dir: str | Path, *, train: bool, num_labels: int = 2) -> ModelPair:
+    """Load the directory as a stock model and as a DynMask model with identical weights (heads included).
+
+    ``train=False``: base encoders (``BertModel`` / ``RobertaModel`` and ``DynMaskModel``). ``train=True``:
+    sequence classification with ``num_labels`` classes; a head missing from the checkpoint is initialised once and
+    copied, so both models start equal.
+    """
+    from transformers import (
+        AutoModel,
+        AutoModelForSequenceClassification,
+        BertConfig,
+        BertForSequenceClassification,
+        BertModel,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+        RobertaModel,
+    )
+
+    model_type = check_model_dir(model_dir)
+    path = str(model_dir)
+    auto = AutoModelForSequenceClassification if train else AutoModel
+    head_kwargs = {"num_labels": num_labels} if train else {}
+    if model_type == "dynmask":
+        dm_config = DynMaskConfig.from_pretrained(path, masking="dynamic", **head_kwargs)
+        dynmask = auto.from_pretrained(path, config=dm_config)
+        roberta = dm_config.head_style == "roberta"
+        hf_config_cls = RobertaConfig if roberta else BertConfig
+        settings = {
+            k: v for k, v in dm_config.to_dict().items() if k not in ("model_type", "auto_map", "architectures")
+        }
+        hf_config = hf_config_cls(**settings)
+        hf_config._attn_implementation = "sdpa"
+        if train:
+            hf = (RobertaForSequenceClassification if roberta else BertForSequenceClassification)(hf_config)
+        else:
+            hf = (RobertaModel if roberta else BertModel)(hf_config)
+        state = dynmask.state_dict()
+        hf.load_state_dict(_renamed(state, "bert.", "roberta.") if roberta and train else state, strict=False)
+        position_start = dm_config.position_start
+    else:
+        hf = auto.from_pretrained(path, attn_implementation="sdpa", **head_kwargs)
+        dm_config = DynMaskConfig.from_pretrained(path, masking="dynamic", **head_kwargs)
+        dynmask = auto.from_pretrained(path, config=dm_config)
+        state = hf.state_dict()
+        dynmask.load_state_dict(
+            _renamed(state, "roberta.", "bert.") if model_type == "roberta" else state, strict=False
+        )
+        position_start = dm_config.position_start
+    _check_same_weights(hf, dynmask)
+    return ModelPair(hf, dynmask, model_type, position_start)
+
+
+def _check_same_weights(hf: torch.nn.Module, dynmask: torch.nn.Module) -> None:
+    """Every stock parameter exists in the DynMask model with the same value (``roberta.`` read as ``bert.``)."""
+    dynmask_params = dict(dynmask.named_parameters())
+    for name, param in hf.named_parameters():
+        other = dynmask_params.get(_renamed({name: param}, "roberta.", "bert.").popitem()[0])
+        if other is None or other.shape != param.shape or not torch.equal(other, param):
+            raise ValueError(
+                f"the stock and DynMask models did not load the same weights ({name} differs); is the checkpoint "
+                "complete?"
+            )
+
+
+class FlatteningPlan(NamedTuple):
+    """Whether ``DataCollatorWithFlattening`` can be benchmarked honestly, and how."""
+
+    attn_implementation: str | None  # the attention to run it with; None: not run
+    reason: str
+
+
+def flattening_plan(train: bool, device: torch.device) -> FlatteningPlan:
+    """Decide how (and whether) transformers' flattening collator gives correct results on this set-up.
+
+    A flattened row holds several sequences; the model must keep them apart. transformers' ``sdpa`` and ``eager``
+    masks for BERT-style encoders come from ``create_bidirectional_mask``, which ignores ``position_ids``, so the
+    sequences would attend to each other: never run that way. Correct are ``flash_attention_2`` (CUDA, flash-attn
+    installed) and hf_dynmask's ``dynmask_varlen`` (any device), both reading ``cu_seq_lens_q`` from
+    ``return_flash_attn_kwargs=True``. For training the benchmark uses ``...ForSequenceClassification``, whose head
+    pools the first token of each *row*: a flattened row would be scored as one example, so it is not run at all.
+    """
+    if train:
+        return FlatteningPlan(
+            None,
+            "not run: a stock ...ForSequenceClassification pools the first token of each row, so a flattened row of "
+            "several sequences would be scored as one example (hf_dynmask's packed mode pools per sequence)",
+        )
+    if device.type == "cuda":
+        from transformers.utils import is_flash_attn_2_available
+
+        if is_flash_attn_2_available():
+            return FlatteningPlan("flash_attention_2", "flash-attn varlen kernels read cu_seq_lens_q")
+    return FlatteningPlan(
+        "dynmask_varlen",
+        "run with attn_implementation='dynmask_varlen' (exact packed attention reading cu_seq_lens_q); with 'sdpa' or "
+        "'eager' it would be wrong: transformers' create_bidirectional_mask ignores position_ids, so the flattened "
+        "sequences would attend to each other",
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def make_features(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[dict[str, Any]]:
+    """Tokenize ``texts`` (truncated to ``max_length``, no padding) into features with a dummy two-class ``label``."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    features = []
+    for i, ids in enumerate(encoded["input_ids"]):
+        feature: dict[str, Any] = {"input_ids": ids, "label": i % 2}
+        if "token_type_ids" in encoded:
+            feature["token_type_ids"] = encoded["token_type_ids"][i]
+        features.append(feature)
+    return features
+
+
+def _stratified(batches: list[list[int]], lengths: list[int], batch_size: int, count: int) -> list[list[int]]:
+    """``count`` full batches at evenly spaced quantiles of real tokens per batch."""
+    full = sorted((b for b in batches if len(b) == batch_size), key=lambda b: sum(lengths[i] for i in b))
+    picks = np.linspace(0, len(full) - 1, num=min(count, len(full))).round().astype(int)
+    return [full[p] for p in picks]
+
+
+def _collator(method: Method, tokenizer: Any, max_length: int, position_start: int) -> Callable:
+    from transformers import DataCollatorWithFlattening, DataCollatorWithPadding
+
+    if method.family == "dynmask":
+        options = {"max_length": max_length}
+        if method.layout == "packed":
+            options["position_start"] = position_start
+        return make_collator(tokenizer, "sequence-classification", method.layout, **options)
+    if method.layout == "flattening":
+        flatten = DataCollatorWithFlattening(return_flash_attn_kwargs=True, position_ids_start=position_start)
+        return lambda features: flatten([{"input_ids": f["input_ids"]} for f in features])
+    if method.layout == "static":
+        pad = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=max_length)
+    else:
+        pad = DataCollatorWithPadding(tokenizer)
+
+    def hf(features: list[dict[str, Any]]) -> dict[str, Any]:
+        keys = ("input_ids", "token_type_ids")
+        return pad([{**{k: f[k] for k in keys if k in f}, "labels": f["label"]} for f in features])
+
+    return hf
+
+
+def _to_device(batch: dict[str, Any], device: torch.device, train: bool, layout: str) -> dict[str, Any]:
+    out = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if not train or layout == "flattening":  # flattening's labels are LM labels; the base model takes none
+        out.pop("labels", None)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Timing, memory, checks
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _run_once(model: torch.nn.Module, batches: list[dict[str, Any]], train: bool, device: torch.device) -> float:
+    _synchronize(device)
+    start = time.perf_counter()
+    if train:
+        model.train()
+        for batch in batches:
+            model(**batch).loss.backward()
+        model.zero_grad(set_to_none=True)
+    else:
+        model.eval()
+        with torch.inference_mode():
+            for batch in batches:
+                model(**batch)
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _PeakRSS:
+    """Samples the resident set size every millisecond in a thread; ``rise_mib`` is the peak above the start."""
+
+    def __enter__(self) -> _PeakRSS:
+        self.start = _rss_bytes()
+        self.peak = self.start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        if self.start is not None:
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            current = _rss_bytes()
+            if current is not None and self.peak is not None:
+                self.peak = max(self.peak, current)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    @property
+    def rise_mib(self) -> float | None:
+        if self.start is None or self.peak is None:
+            return None
+        return (self.peak - self.start) / 2**20
+
+
+def _peak_memory_mib(model, batches, train: bool, device: torch.device) -> float | None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        _run_once(model, batches, train, device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    _release_freed_memory()
+    with _PeakRSS() as peak:
+        _run_once(model, batches, train, device)
+    return peak.rise_mib
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``), so the RSS baseline is the live memory.
+
+    Without it, memory an earlier method freed stays mapped and a later method's peak hides inside it.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the rise may under-count methods measured after a larger one
+
+
+def _real_token_states(output: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """``(N, h)`` hidden states of the real tokens, in example order, from a padded or a packed batch."""
+    hidden = output.last_hidden_state
+    if "attention_mask" in batch:
+        return hidden[batch["attention_mask"].bool()]
+    return hidden[0]
+
+
+def _check_value(model: torch.nn.Module, batch: dict[str, Any], train: bool) -> torch.Tensor:
+    model.eval()
+    with torch.inference_mode():
+        output = model(**batch)
+    return output.loss.reshape(1) if train else _real_token_states(output, batch)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# FLOP limit
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def flops_per_sequence(length: int, hidden: int, intermediate: int, layers: int) -> float:
+    """Forward FLOPs of the encoder layers on one sequence of ``length`` tokens (embeddings and heads left out).
+
+    Per layer and token: ``2 * (4 h^2 + 2 h i)`` for the QKV/output projections and the two MLP matrices, plus
+    ``4 L h`` for ``QK^T`` and ``PV``.
+
+    >>> flops_per_sequence(1, hidden=2, intermediate=4, layers=1)
+    72
+    """
+    linear = 2 * (4 * hidden * hidden + 2 * hidden * intermediate)
+    attention = 4 * length * hidden
+    return layers * length * (linear + attention)
+
+
+def limit_speedup(
+    lengths: Sequence[int], max_length: int, hidden: int = 384, intermediate: int = 1536, layers: int = 6
+) -> float:
+    """``FLOPs(every row at max_length) / FLOPs(real lengths)``: the speed-up of doing real-token work only.
+
+    >>> round(limit_speedup([1, 1], max_length=2, hidden=2, intermediate=4, layers=1), 3)
+    2.222
+    """
+    static = len(lengths) * flops_per_sequence(max_length, hidden, intermediate, layers)
+    real = sum(flops_per_sequence(n, hidden, intermediate, layers) for n in lengths)
+    return static / real
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions, threads and device, recorded next to the results."""
+    import transformers
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "dtype": "float32",
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def run_benchmark(
+    model_dir: str | Path,
+    texts: Sequence[str],
+    settings: BenchSettings | None = None,
+    *,
+    tokenizer: Any | None = None,
+    dataset_name: str = "texts",
+) -> dict[str, Any]:
+    """Benchmark the methods of ``settings`` on ``model_dir`` over ``texts``; returns the report (JSON-ready).
+
+    Report keys: ``environment``, ``model``, ``dataset``, ``flop_limit_speedup``, ``settings``, ``methods``
+    (name -> description), ``results`` (mode -> method -> row), ``skipped`` (mode -> method -> reason). A row holds
+    ``seconds``, ``real_tokens``, ``real_tokens_per_s``, ``padding_fraction``, ``speedup_vs_static``,
+    ``fraction_of_limit``, ``peak_memory_mib`` (None where it cannot be measured) and ``max_abs_diff`` (to
+    ``hf_dynamic_random``, None when that method is not run).
+    """
+    from transformers import AutoTokenizer
+
+    settings = settings or BenchSettings()
+    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_model_dir(model_dir)
+    if tokenizer is None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"no usable tokenizer in {str(model_dir)!r} ({error}); save one next to the model"
+            ) from error
+    features = make_features(tokenizer, texts, settings.max_length)
+    lengths = [len(f["input_ids"]) for f in features]
+    if len(features) < settings.batch_size:
+        raise ValueError(
+            f"{dataset_name} has {len(features)} examples, fewer than batch_size={settings.batch_size}; lower the "
+            "batch size or use more data"
+        )
+    orders = batch_orders(lengths, settings.batch_size, settings.seed)
+    sampled = {
+        order: _stratified(getattr(orders, order), lengths, settings.batch_size, settings.batches)
+        for order in ("random", "grouped", "sorted")
+    }
+    check_batch = list(range(settings.batch_size))
+
+    report: dict[str, Any] = {
+        "environment": environment(device),
+        "dataset": {
+            "name": dataset_name,
+            "examples": len(lengths),
+            "mean_tokens": float(np.mean(lengths)),
+            "padding_fraction_at_max_length": 1 - float(np.mean(lengths)) / settings.max_length,
+        },
+        "settings": {k: v for k, v in asdict(settings).items() if k != "extra"} | settings.extra,
+        "methods": {name: METHODS[name].description for name in settings.methods},
+        "results": {},
+        "skipped": {},
+    }
+    for mode in settings.modes:
+        train = mode == "train"
+        pair = load_models(model_dir, train=train)
+        config = pair.hf.config
+        report["model"] = {
+            "path": str(model_dir),
+            "model_type": pair.model_type,
+            "hidden_size": config.hidden_size,
+            "intermediate_size": config.intermediate_size,
+            "num_hidden_layers": config.num_hidden_layers,
+            "vocab_size": config.vocab_size,
+        }
+        report["flop_limit_speedup"] = limit_speedup(
+            lengths, settings.max_length, config.hidden_size, config.intermediate_size, config.num_hidden_layers
+        )
+        report["results"][mode], report["skipped"][mode] = _run_mode(
+            pair, tokenizer, features, sampled, check_batch, settings, train, device
+        )
+        limit = report["flop_limit_speedup"]
+        rows = report["results"][mode]
+        for row in rows.values():
+            row["speedup_vs_static"] = row["real_tokens_per_s"] / rows[BASELINE]["real_tokens_per_s"]
+            row["fraction_of_limit"] = row["speedup_vs_static"] / limit
+        del pair
+    return report
+
+
+def _run_mode(pair, tokenizer, features, sampled, check_batch, settings, train, device):
+    plan = flattening_plan(train, device)
+    skipped: dict[str, str] = {}
+    methods: dict[str, tuple[torch.nn.Module, list[dict[str, Any]], dict[str, Any]]] = {}
+    hf = pair.hf.to(device)
+    dynmask = pair.dynmask.to(device)
+    flat_model = None
+    for name in settings.methods:
+        method = METHODS[name]
+        if method.layout == "flattening":
+            if plan.attn_implementation is None:
+                skipped[name] = plan.reason
+                continue
+            flat_model = copy.deepcopy(hf)
+            flat_model.set_attn_implementation(plan.attn_implementation)
+            model = flat_model
+            report_note = {"attn_implementation": plan.attn_implementation, "note": plan.reason}
+        else:
+            model = hf if method.family == "hf" else dynmask
+            report_note = {}
+        collate = _collator(method, tokenizer, settings.max_length, pair.position_start)
+        batches = [
+            _to_device(collate([features[i] for i in idx]), device, train, method.layout)
+            for idx in sampled[method.order]
+        ]
+        check = _to_device(collate([features[i] for i in check_batch]), device, train, method.layout)
+        methods[name] = (model, batches, {"check": check, **report_note})
+
+    progress = _progress(
+        len(methods) * (settings.rounds + 1 + int(settings.memory)),
+        settings.progress,
+        "train" if train else "inference",
+    )
+    with progress:
+        for model, batches, _ in methods.values():  # warm-up
+            _run_once(model, batches[:1], train, device)
+            progress.update()
+        best = dict.fromkeys(methods, float("inf"))
+        for _ in range(settings.rounds):
+            for name, (model, batches, _) in methods.items():
+                best[name] = min(best[name], _run_once(model, batches, train, device))
+                progress.update()
+        memory: dict[str, float | None] = dict.fromkeys(methods)
+        if settings.memory:
+            for name, (model, batches, _) in methods.items():
+                memory[name] = _peak_memory_mib(model, batches, train, device)
+                progress.update()
+
+    reference = None
+    if REFERENCE in methods:
+        model, _, extra = methods[REFERENCE]
+        reference = _check_value(model, extra["check"], train)
+    rows: dict[str, dict[str, Any]] = {}
+    for name, (model, batches, extra) in methods.items():
+        counts = [token_counts(b) for b in batches]
+        real = sum(c.real for c in counts)
+        padded = sum(c.padded for c in counts)
+        diff = None
+        if reference is not None:
+            diff = float((_check_value(model, extra["check"], train) - reference).abs().max())
+        rows[name] = {
+            "seconds": best[name],
+            "real_tokens": real,
+            "real_tokens_per_s": real / best[name],
+            "padding_fraction": 1 - real / padded,
+            "peak_memory_mib": memory[name],
+            "max_abs_diff": diff,
+            **{k: v for k, v in extra.items() if k != "check"},
+        }
+    if "hf_flattening" in settings.methods and plan.attn_implementation is not None:
+        skipped["hf_flattening[sdpa]"] = (
+            "not run: with attn_implementation='sdpa' or 'eager', transformers' create_bidirectional_mask ignores "
+            "position_ids, so the flattened sequences would attend to each other"
+        )
+    del flat_model
+    return rows, skipped
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown tables, one per mode, with the skipped methods and their reasons below."""
+    lines = [f"FLOP-proportional limit on this data: {report['flop_limit_speedup']:.2f}x static"]
+    for mode, rows in report["results"].items():
+        lines += ["", f"**{mode}**", ""]
+        lines += ["| method | real tok/s | padding | vs static | of limit | peak mem | max diff |"]
+        lines += ["|---|---:|---:|---:|---:|---:|---:|"]
+        for name, r in rows.items():
+            mem = "-" if r.get("peak_memory_mib") is None else f"{r['peak_memory_mib']:.0f} MiB"
+            diff = "-" if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.1e}"
+            lines.append(
+                f"| {name} | {r['real_tokens_per_s']:.0f} | {r['padding_fraction']:.1%} | "
+                f"{r['speedup_vs_static']:.2f}x | {r['fraction_of_limit']:.0%} | {mem} | {diff} |"
+            )
+        for name, reason in report.get("skipped", {}).get(mode, {}).items():
+            lines.append(f"\n{name}: {reason}")
+    return "\n".join(lines)
+
+
+def plot_bench(report: dict[str, Any], path: str | Path) -> Path:
+    """A PNG with real tokens per second of each method, one panel per mode. Needs matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = list(report["results"])
+    figure, axes = plt.subplots(1, len(modes), figsize=(7 * len(modes), 4.5), squeeze=False)
+    for axis, mode in zip(axes[0], modes, strict=True):
+        rows = report["results"][mode]
+        names = list(rows)
+        colours = ["#4c72b0" if METHODS[n].family == "hf" else "#55a868" for n in names]
+        axis.barh(names, [rows[n]["real_tokens_per_s"] for n in names], color=colours)
+        axis.invert_yaxis()
+        axis.set_xlabel("real tokens / s")
+        axis.set_title(f"{mode} (limit {report['flop_limit_speedup']:.2f}x static)")
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+    return path

@@ -1,1 +1,0 @@
-"""The ``accuracy`` metric module (load it with ``hf_dynmask.metrics.load("accuracy")``)."""

@@ -1,1 +1,0 @@
-"""The ``squad`` metric module (load it with ``hf_dynmask.metrics.load("squad")``)."""

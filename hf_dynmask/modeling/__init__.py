@@ -1,0 +1,44 @@
+"""The model side of hf_dynmask: the layout vocabulary, masks, the varlen attention and the DynMask model family.
+
+Self-contained: every module here imports only the standard library, torch, transformers and its own siblings, so
+the files a model needs can be saved next to it as remote code and load where hf_dynmask is not installed
+(``tests/test_layers.py`` holds the package to that).
+
+    layout.py                   seq_lens <-> cu_seqlens <-> position_ids <-> seq_idx, pad <-> unpad index maps
+    masks.py                    masks as predicates, converted to each backend's format
+    attention.py                exact varlen attention on any device, registered as "dynmask_varlen"
+    configuration_dynmask.py    DynMaskConfig (reads BERT / RoBERTa configs)
+    modeling_dynmask.py         DynMaskModel and its heads
+    auto.py                     registration with transformers' Auto classes
+"""
+
+from .attention import ATTN_IMPLEMENTATION, plan_varlen, varlen_attention
+from .auto import AUTO_CLASSES, register_auto_classes
+from .configuration_dynmask import DynMaskConfig
+from .modeling_dynmask import (
+    DynMaskForCausalLM,
+    DynMaskForMaskedLM,
+    DynMaskForQuestionAnswering,
+    DynMaskForSequenceClassification,
+    DynMaskForTokenClassification,
+    DynMaskModel,
+    DynMaskModelOutput,
+    DynMaskPreTrainedModel,
+)
+
+__all__ = [
+    "ATTN_IMPLEMENTATION",
+    "AUTO_CLASSES",
+    "DynMaskConfig",
+    "DynMaskForCausalLM",
+    "DynMaskForMaskedLM",
+    "DynMaskForQuestionAnswering",
+    "DynMaskForSequenceClassification",
+    "DynMaskForTokenClassification",
+    "DynMaskModel",
+    "DynMaskModelOutput",
+    "DynMaskPreTrainedModel",
+    "plan_varlen",
+    "register_auto_classes",
+    "varlen_attention",
+]

@@ -1,0 +1,1 @@
+"""The ``accuracy`` metric module (load it with ``hf_dynmask.training.metrics.load("accuracy")``)."""

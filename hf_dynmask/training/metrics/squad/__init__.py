@@ -1,0 +1,1 @@
+"""The ``squad`` metric module (load it with ``hf_dynmask.training.metrics.load("squad")``)."""

@@ -1,0 +1,290 @@
+"""Trainer integration: the collator is the switch; :class:`DynMaskTrainer` adds token-budget batches.
+
+The usual case needs nothing from this module: pass an hf_dynmask collator to a stock ``transformers.Trainer``::
+
+    Trainer(model, args, train_dataset=dataset, data_collator=make_collator(tokenizer, task, mode="packed"))
+
+``static``, ``dynamic`` and ``packed`` then train the same model: for the same examples in the same optimizer step
+the loss and the gradients are the same (fp32 round-off aside), with gradient accumulation and data-parallel
+training too, because the Trainer normalizes token-level losses by ``num_items_in_batch`` (the labels ``!= -100``
+of the whole accumulated step, summed over processes) and hf_dynmask's models (and the sequence-classification loss)
+honour it.
+
+Token-budget batches (about ``token_budget`` tokens per micro-batch instead of a fixed number of sequences) need the
+batch sampler to change, which a collator cannot do. :class:`DynMaskTrainer` with :class:`DynMaskTrainingArguments`
+(``token_budget=...``) builds the training DataLoader on :class:`~hf_dynmask.data.packing.TokenBudgetBatchSampler` (a
+``datasets.Dataset``: lengths read from the cached ``length`` column) or :class:`~hf_dynmask.data.TokenBudgetStream`
+(an ``IterableDataset``, packed on the fly). Everything else is the stock Trainer: evaluation, checkpoints, resume.
+
+Safety. A packed batch is one row ``(1, N)`` whose sequence boundaries are in ``cu_seq_lens_q`` / ``seq_idx``; a
+model that ignores them attends across sequences without any error. :func:`check_packed_support` refuses such a
+model. It runs in :class:`DynMaskTrainer` (at construction and before training) and in
+:class:`~.callbacks.PaddingStatsCallback` (at ``on_train_begin``). A stock ``Trainer`` without either never
+shows the model to hf_dynmask: a DynMask model is safe anyway (it reads the boundaries, and refuses a row whose
+positions restart without them), a stock model is not, so call ``check_packed_support(model)`` yourself or use one
+of the two.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import seed_worker
+
+from ..data.packing import TokenBudgetBatchSampler
+from ..data.prepare import TokenBudgetStream, example_length, is_iterable_dataset
+from .callbacks import PaddingStatsCallback, SetEpochCallback
+from .checks import _column_names, check_packed_support, check_training_labels, collator_mode
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DynMaskTrainer", "DynMaskTrainingArguments"]
+
+# Feature columns hf_dynmask collators read besides input_ids and the labels.
+_COLLATOR_COLUMNS = ("token_type_ids", "special_tokens_mask", "word_ids", "start_positions", "end_positions")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DynMaskTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus token-budget batching; readable by ``HfArgumentParser``.
+
+    With ``token_budget`` set, each training micro-batch holds as many examples as fit the budget (the batch cost is
+    set by ``token_budget_cost``) and ``per_device_train_batch_size`` is not used for training. Example lengths come
+    from ``length_column_name`` (default ``"length"``, see :func:`hf_dynmask.data.prepare_dataset`), else from the
+    ``input_ids`` token lists.
+    """
+
+    token_budget: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens per training micro-batch and device (token-budget batches); None: "
+            "per_device_train_batch_size sequences per batch."
+        },
+    )
+    token_budget_cost: Literal["auto", "packed", "padded"] = field(
+        default="auto",
+        metadata={
+            "help": "How a batch's tokens are counted against token_budget: packed = sum of lengths, padded = "
+            "batch size x longest; auto = packed for a packed collator, padded otherwise."
+        },
+    )
+    max_seqs_per_batch: int | None = field(
+        default=None, metadata={"help": "Token-budget batches: at most this many sequences per micro-batch."}
+    )
+    log_padding_stats: bool = field(
+        default=True,
+        metadata={"help": "Log padding_efficiency and real_tokens_per_second (adds a PaddingStatsCallback)."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.token_budget is not None and (isinstance(self.token_budget, bool) or self.token_budget < 1):
+            raise ValueError(f"token_budget must be a positive int or None, got {self.token_budget!r}")
+        if self.token_budget_cost not in ("auto", "packed", "padded"):
+            raise ValueError(f"token_budget_cost must be 'auto', 'packed' or 'padded', got {self.token_budget_cost!r}")
+        if self.max_seqs_per_batch is not None and self.max_seqs_per_batch < 1:
+            raise ValueError(f"max_seqs_per_batch must be a positive int or None, got {self.max_seqs_per_batch!r}")
+        strategy = str(getattr(self, "train_sampling_strategy", "random"))
+        if self.token_budget is not None and strategy not in ("random", "TrainSamplingStrategy.RANDOM"):
+            raise ValueError(
+                f"token_budget makes its own batches and replaces train_sampling_strategy={strategy!r}; "
+                "drop one of them"
+            )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Trainer
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class DynMaskTrainer(Trainer):
+    """A ``transformers.Trainer`` with token-budget batches, padding statistics and packed-batch safety checks.
+
+    Takes the Trainer's arguments. On top of the stock Trainer:
+
+    - refuses a packed collator with a model that cannot keep packed sequences apart (:func:`check_packed_support`),
+      and a training dataset or batch without the labels its task needs;
+    - with ``args.token_budget`` (:class:`DynMaskTrainingArguments`), trains on token-budget batches: a map-style
+      dataset through :class:`~hf_dynmask.data.packing.TokenBudgetBatchSampler` (per-epoch reshuffle, disjoint shards
+      per process, same number of batches on every process, deterministic so resuming skips to the same batch), an
+      ``IterableDataset`` through :class:`~hf_dynmask.data.TokenBudgetStream`;
+    - adds :class:`~.callbacks.SetEpochCallback` (static MLM masks per epoch) and, unless
+      ``args.log_padding_stats=False``, :class:`~.callbacks.PaddingStatsCallback`, fed with every training
+      micro-batch (``trainer.padding_stats.totals()`` for the model card).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not any(isinstance(cb, SetEpochCallback) for cb in self.callback_handler.callbacks):
+            self.add_callback(SetEpochCallback())
+        if getattr(self.args, "log_padding_stats", True) and self.padding_stats is None:
+            self.add_callback(PaddingStatsCallback())
+        self._check_setup()
+        if self._token_budget is not None and self.train_dataset is not None:
+            if not is_iterable_dataset(self.train_dataset):
+                self._token_budget_sampler(self.train_dataset)  # fail now on a budget below the longest example
+
+    # -- set-up ------------------------------------------------------------------------------------------------------
+
+    @property
+    def padding_stats(self) -> PaddingStatsCallback | None:
+        """The :class:`PaddingStatsCallback` of this trainer (None with ``log_padding_stats=False``)."""
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, PaddingStatsCallback):
+                return callback
+        return None
+
+    @property
+    def _token_budget(self) -> int | None:
+        return getattr(self.args, "token_budget", None)
+
+    def _check_setup(self) -> None:
+        mode = collator_mode(self.data_collator)
+        if mode == "packed" and self.model is not None:
+            check_packed_support(self.model)
+        if self.train_dataset is not None:
+            check_training_labels(self.train_dataset, self.data_collator)
+
+    def _cost(self) -> str:
+        cost = getattr(self.args, "token_budget_cost", "auto")
+        if cost == "auto":
+            return "packed" if collator_mode(self.data_collator) == "packed" else "padded"
+        return cost
+
+    def _token_budget_sampler(self, dataset: Any) -> TokenBudgetBatchSampler:
+        """The sampler over ``dataset``'s lengths: the length column, else the ``input_ids`` token lists."""
+        assert self._token_budget is not None
+        column = self.args.length_column_name
+        names = _column_names(dataset)
+        if names is not None and column not in names:
+            if "input_ids" not in names:
+                raise ValueError(
+                    f"token-budget batches need each example's length: the dataset has neither a {column!r} column "
+                    f"nor 'input_ids' (columns: {names}); tokenize it first (hf_dynmask.data.prepare_dataset adds "
+                    f"{column!r})"
+                )
+            column = "input_ids"
+        if _is_datasets_dataset(dataset):
+            lengths, length_column = dataset, column
+        else:
+            lengths, length_column = [example_length(dataset[i], column, i) for i in range(len(dataset))], None
+        return TokenBudgetBatchSampler(
+            lengths,
+            self._token_budget,
+            length_column=length_column,
+            shuffle=True,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            max_seqs_per_batch=getattr(self.args, "max_seqs_per_batch", None),
+            cost=self._cost(),  # type: ignore[arg-type]
+            drop_last=self.args.dataloader_drop_last,
+            num_replicas=self.args.world_size,
+            rank=self.args.process_index,
+        )
+
+    # -- data --------------------------------------------------------------------------------------------------------
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """Also keep the dataset columns hf_dynmask collators read, which a DynMask ``forward(**kwargs)`` does not
+        name (``remove_unused_columns`` would drop ``token_type_ids`` and break sentence pairs)."""
+        super()._set_signature_columns_if_needed()
+        if self._signature_columns is not None:
+            extra = [key for key in _COLLATOR_COLUMNS if key not in self._signature_columns]
+            self._signature_columns = list(self._signature_columns) + extra
+
+    def get_train_dataloader(self) -> DataLoader:
+        """The stock DataLoader, or token-budget batches when ``args.token_budget`` is set."""
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
+        self._check_setup()  # again: model_init may have made the model since __init__
+        if self._token_budget is None:
+            return super().get_train_dataloader()
+        if is_iterable_dataset(self.train_dataset):
+            return self._stream_dataloader(self.train_dataset)
+        return self._budget_dataloader(self.train_dataset)
+
+    def _loader_params(self, collate_fn: Any) -> dict[str, Any]:
+        params = {
+            "collate_fn": collate_fn,
+            "num_workers": self.args.dataloader_num_workers,
+            "pin_memory": self.args.dataloader_pin_memory,
+            "persistent_workers": self.args.dataloader_persistent_workers,
+            "worker_init_fn": partial(
+                seed_worker, num_workers=self.args.dataloader_num_workers, rank=self.args.process_index
+            ),
+        }
+        if self.args.dataloader_num_workers > 0:
+            params["prefetch_factor"] = self.args.dataloader_prefetch_factor
+            params["multiprocessing_context"] = self.args.dataloader_multiprocessing_context
+        return params
+
+    def _budget_dataloader(self, dataset: Any) -> DataLoader:
+        """Map-style dataset: TokenBudgetBatchSampler, already sharded per process; accelerate only places batches."""
+        sampler = self._token_budget_sampler(dataset)
+        collate_fn = self.data_collator
+        if _is_datasets_dataset(dataset):
+            dataset = self._remove_unused_columns(dataset, description="training")
+        else:
+            collate_fn = self._get_collator_with_removed_columns(self.data_collator, description="training")
+        loader = DataLoader(dataset, batch_sampler=sampler, **self._loader_params(collate_fn))
+        loader = self.accelerator.prepare(loader)
+        # The sampler deals batch i to rank i % world_size itself; make accelerate's BatchSamplerShard a passthrough
+        # (as transformers does for its own rank-aware BatchRebalanceSampler) so it does not shard a second time.
+        wrapper = getattr(loader, "batch_sampler", None)
+        if wrapper is not None and getattr(wrapper, "batch_sampler", None) is sampler:
+            wrapper.num_processes, wrapper.process_index = 1, 0
+        return loader
+
+    def _stream_dataloader(self, dataset: Any) -> DataLoader:
+        """IterableDataset: packed on the fly; each process keeps its share of the batches (not accelerate's
+        dispatching, which would concatenate packed rows)."""
+        assert self._token_budget is not None
+        stream = TokenBudgetStream(
+            dataset,
+            self._token_budget,
+            length_column=self.args.length_column_name,
+            cost=self._cost(),  # type: ignore[arg-type]
+            max_seqs_per_batch=getattr(self.args, "max_seqs_per_batch", None),
+            num_replicas=self.args.world_size,
+            rank=self.args.process_index,
+            drop_last=self.args.dataloader_drop_last,
+        )
+        collate_fn = self._get_collator_with_removed_columns(self.data_collator, description="training")
+        return DataLoader(stream, batch_size=None, **self._loader_params(collate_fn))
+
+    # -- training ----------------------------------------------------------------------------------------------------
+
+    def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None):
+        if not any(name in inputs for name in self.label_names):
+            raise ValueError(
+                f"a training batch has no labels (looked for {self.label_names} among {sorted(inputs)}): the "
+                "dataset or the collator dropped them. Keep the label column (label or labels), or set "
+                "TrainingArguments(label_names=[...]) to the model's label arguments"
+            )
+        stats = self.padding_stats
+        if stats is not None:
+            stats.record(inputs)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """The Trainer's log, with ``padding_efficiency`` and ``real_tokens_per_second`` in training logs."""
+        stats = self.padding_stats
+        if stats is not None:
+            stats.update_logs(logs)
+        super().log(logs, start_time)
+
+
+def _is_datasets_dataset(dataset: Any) -> bool:
+    module = sys.modules.get("datasets")
+    return module is not None and isinstance(dataset, module.Dataset)
