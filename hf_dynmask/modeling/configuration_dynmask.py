@@ -16,20 +16,26 @@ HEAD_STYLES = ("bert", "roberta")
 SOURCE_MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "camembert": "roberta"}
 
 
+def did_you_mean(value: object, choices) -> str:
+    """``"; did you mean 'x'?"`` for the choice closest to ``value`` (case aside), or ``""`` when none is near.
+
+    >>> did_you_mean("Dynamic", MASKING_MODES), did_you_mean("padded", MASKING_MODES)
+    ("; did you mean 'dynamic'?", '')
+    """
+    if not isinstance(value, str):
+        return ""
+    lowered = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(value.strip().lower(), list(lowered), n=1, cutoff=0.6)
+    return f"; did you mean {lowered[close[0]]!r}?" if close else ""
+
+
 def unknown_choice(name: str, value: object, choices) -> str:
     """The message for an option outside its ``choices``: the choices, and the closest one when a name is near.
 
     >>> unknown_choice("masking", "Dynamic", MASKING_MODES)
     "masking must be one of ['static', 'dynamic'], got 'Dynamic'; did you mean 'dynamic'?"
     """
-    choices = [str(c) for c in choices]
-    message = f"{name} must be one of {choices}, got {value!r}"
-    if isinstance(value, str):
-        lowered = {c.lower(): c for c in choices}
-        close = difflib.get_close_matches(value.strip().lower(), list(lowered), n=1, cutoff=0.6)
-        if close:
-            message += f"; did you mean {lowered[close[0]]!r}?"
-    return message
+    return f"{name} must be one of {[str(c) for c in choices]}, got {value!r}{did_you_mean(value, choices)}"
 
 
 def _looks_local(name: str) -> bool:

@@ -50,7 +50,7 @@ from .attention import (
     register_attention,
     varlen_attention,
 )
-from .configuration_dynmask import DynMaskConfig
+from .configuration_dynmask import DynMaskConfig, did_you_mean
 from .input_checks import (
     check_answer_positions,
     check_encoder_inputs,
@@ -117,6 +117,7 @@ def _check_implementation(config: DynMaskConfig) -> str:
     if name not in SUPPORTED_IMPLEMENTATIONS:
         raise ValueError(
             f"attn_implementation={name!r} is not supported by DynMask; choose one of {SUPPORTED_IMPLEMENTATIONS}"
+            + did_you_mean(name, SUPPORTED_IMPLEMENTATIONS)
         )
     return name
 
@@ -348,7 +349,7 @@ class DynMaskPreTrainedModel(PreTrainedModel):
         if requested_attention is not None and requested_attention not in SUPPORTED_IMPLEMENTATIONS:
             raise ValueError(
                 f"attn_implementation={requested_attention!r} is not supported by DynMask; choose one of "
-                f"{SUPPORTED_IMPLEMENTATIONS}"
+                f"{SUPPORTED_IMPLEMENTATIONS}" + did_you_mean(requested_attention, SUPPORTED_IMPLEMENTATIONS)
             )
         try:
             return super().get_correct_attn_implementation(requested_attention, is_init_check)
