@@ -531,6 +531,12 @@ CLI_CASES = [
         "holds no tokenizer",
     ),
     CliCase(
+        "bench-model-is-a-file",
+        lambda env: bench(env)[:2] + [env.folder / "a-file"] + bench(env)[3:],
+        1,
+        "is a file; pass the model's folder",
+    ),
+    CliCase(
         "bench-json-under-a-file",
         lambda env: bench(env, "--json", env.folder / "a-file" / "bench.json"),
         2,

@@ -205,6 +205,8 @@ def check_model_dir(model_dir: str | Path) -> str:
     """The ``model_type`` of a model directory, checked to be one of :data:`SUPPORTED_MODEL_TYPES`."""
     path = Path(model_dir)
     config_file = path / "config.json"
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{str(path)!r} is a file; pass the model's folder (written by save_pretrained)")
     if not path.is_dir():
         raise ValueError(f"model directory {str(path)!r} does not exist; pass a folder written by save_pretrained")
     if not config_file.is_file():
