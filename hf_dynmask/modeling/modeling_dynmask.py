@@ -585,7 +585,7 @@ class DynMaskModel(DynMaskPreTrainedModel):
         if name in FLASH_IMPLEMENTATIONS:
             return EncoderBatch(True, cu_seqlens, max_seqlen)
         ratio = 0.0 if name == "eager" else self.config.varlen_bucket_ratio
-        return EncoderBatch(True, cu_seqlens, max_seqlen, plan=plan_varlen(cu_seqlens, ratio))
+        return EncoderBatch(True, cu_seqlens, max_seqlen, plan=plan_varlen(cu_seqlens, bucket_ratio=ratio))
 
 
 def _reject_unmarked_packing(position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:

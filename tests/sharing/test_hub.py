@@ -42,7 +42,14 @@ from hf_dynmask import (
 from hf_dynmask.sharing.hub import auto_map, check_shipped_code, push_to_hub_with_code, save_with_code
 from hf_dynmask.sharing.model_card import TrainingSummary, make_model_card
 
-CODE_FILES = ("attention.py", "configuration_dynmask.py", "layout.py", "masks.py", "modeling_dynmask.py")
+CODE_FILES = (
+    "attention.py",
+    "configuration_dynmask.py",
+    "families.py",
+    "layout.py",
+    "masks.py",
+    "modeling_dynmask.py",
+)
 EXPECTED_AUTO_MAP = {
     "AutoConfig": "configuration_dynmask.DynMaskConfig",
     "AutoModel": "modeling_dynmask.DynMaskModel",
