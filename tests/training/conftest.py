@@ -1,10 +1,7 @@
 """Shared fixtures of the 2-process tests (test_distributed.py: DDP, test_fsdp.py: FSDP2).
 
 One launch serves both files, because starting two Python processes that import transformers costs more than all
-the training they do:
-
-    OMP_NUM_THREADS=1 python -m torch.distributed.run --standalone --nproc_per_node 2 \\
-        tests/training/distributed_train.py OUT_DIR
+the training they do: ``OMP_NUM_THREADS=1 {distributed_train.LAUNCH} OUT_DIR``.
 
 The single-process references run in the test process, once per distinct reference (:attr:`Run.reference`).
 """
@@ -23,8 +20,6 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).with_name("distributed_train.py")
-#: The launch, as the README quotes it (run from the repository root, with OUT_DIR appended).
-LAUNCH = "python -m torch.distributed.run --standalone --nproc_per_node 2 tests/training/distributed_train.py"
 
 
 def load_script() -> ModuleType:
@@ -40,11 +35,11 @@ def script() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def two_process_dir(tmp_path_factory) -> Path:
+def two_process_dir(script, tmp_path_factory) -> Path:
     """The launch's output folder: ``results.pt``, ``fsdp-checkpoints/``, ``fsdp-final/``."""
     out = tmp_path_factory.mktemp("two-processes")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, *LAUNCH.split()[1:-1], str(SCRIPT), str(out)]
+    command = [sys.executable, *script.LAUNCH.split()[1:-1], str(SCRIPT), str(out)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=480)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out

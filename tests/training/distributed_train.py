@@ -35,6 +35,8 @@ from hf_dynmask import DynMaskConfig, make_collator
 from hf_dynmask.modeling.modeling_dynmask import DynMaskForSequenceClassification, DynMaskForTokenClassification
 from hf_dynmask.training.trainer import DynMaskTrainer, DynMaskTrainingArguments
 
+#: How the tests launch this file (from the repository root, OUT_DIR appended); the README quotes it.
+LAUNCH = "python -m torch.distributed.run --standalone --nproc_per_node 2 tests/training/distributed_train.py"
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(60)]
 CLS, SEP, NUM_LABELS, MAX_LEN = 2, 3, 3, 20
 
@@ -80,11 +82,20 @@ STEPS = 3
 # FSDP2 (transformers' default fsdp_config version), each transformer layer its own unit (the model's
 # _no_split_modules), parameters resharded after the forward: the settings of a multi-GPU run.
 FSDP_CONFIG = {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "reshard_after_forward": True}
-# BERT-like encoders name their layers: accelerate 1.15's fsdp2_prepare_model shards the input embeddings as a unit of
-# their own, which fails ("value was None") when they sit inside a unit it already made from _no_split_modules
-# (DynMaskEmbeddings, as BertEmbeddings in stock BERT); wrapping only the layers avoids that.
-LAYER_CLASSES = {"causal-lm": ["LlamaDecoderLayer"]}
-ENCODER_LAYER_CLASSES = ["DynMaskLayer"]
+
+
+def fsdp_config(task: str, **settings: Any) -> dict[str, Any]:
+    """:data:`FSDP_CONFIG` for ``task``'s model, with ``settings`` on top.
+
+    The encoder names its layer class: from _no_split_modules (``["DynMaskEmbeddings", "DynMaskLayer"]``, as stock
+    BERT's ``["BertEmbeddings", "BertLayer"]``) accelerate 1.15's ``fsdp2_prepare_model`` makes the embeddings a unit,
+    then shards the word embeddings inside it a second time and fails (``TypeError: Invariant encountered: value was
+    None``; stock ``BertForTokenClassification`` too). The decoder keeps the default (``LlamaDecoderLayer``).
+    """
+    config = dict(FSDP_CONFIG, **settings)
+    if task != "causal-lm":
+        config["transformer_layer_cls_to_wrap"] = ["DynMaskLayer"]
+    return config
 
 
 def tokenizer() -> BertTokenizer:
@@ -183,11 +194,6 @@ def training_args(run: Run, world_size: int, output_dir: str, **overrides: Any) 
     accumulation = GRADIENT_ACCUMULATION * (scale if run.token_budget is not None else 1)
     distributed = world_size > 1
     fsdp = run.fsdp and distributed
-    fsdp_config = dict(
-        FSDP_CONFIG,
-        transformer_layer_cls_to_wrap=LAYER_CLASSES.get(run.task, ENCODER_LAYER_CLASSES),
-        activation_checkpointing=distributed and run.checkpointing == "fsdp",
-    )
     settings: dict[str, Any] = dict(
         output_dir=output_dir,
         use_cpu=True,
@@ -206,7 +212,7 @@ def training_args(run: Run, world_size: int, output_dir: str, **overrides: Any) 
         token_budget_cost=run.cost,
         ddp_backend="gloo" if distributed else None,
         fsdp=fsdp or None,
-        fsdp_config=fsdp_config if fsdp else None,
+        fsdp_config=fsdp_config(run.task, activation_checkpointing=run.checkpointing == "fsdp") if fsdp else None,
         activation_checkpointing=distributed and run.checkpointing == "trainer",
     )
     settings.update(overrides)
@@ -285,7 +291,6 @@ def checkpoint_run(output_dir: str, final_dir: str, tok: BertTokenizer | None = 
     tok = tok or tokenizer()
 
     def trainer(seed: int) -> LabelCountingTrainer:
-        fsdp_config = dict(FSDP_CONFIG, state_dict_type="SHARDED_STATE_DICT")
         args = training_args(
             CHECKPOINT_RUN,
             2,
@@ -296,7 +301,7 @@ def checkpoint_run(output_dir: str, final_dir: str, tok: BertTokenizer | None = 
             optim="adamw_torch",
             learning_rate=1e-2,
             lr_scheduler_type="linear",
-            fsdp_config=fsdp_config,
+            fsdp_config=fsdp_config(CHECKPOINT_RUN.task, state_dict_type="SHARDED_STATE_DICT"),
         )
         return LabelCountingTrainer(
             model=model(CHECKPOINT_RUN.task, seed=seed),

@@ -16,6 +16,8 @@ model really was sharded, so a silent fall-back to DDP fails them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
@@ -111,3 +113,8 @@ def test_final_save_loads_like_any_model(script, two_process_dir, two_process_re
         with torch.no_grad():
             losses[mode] = model(**batch).loss.item()
     assert losses["packed"] == pytest.approx(losses["dynamic"], abs=1e-5)
+
+
+def test_readme_quotes_the_launch(script):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"OMP_NUM_THREADS=1 {script.LAUNCH} OUT_DIR" in readme
