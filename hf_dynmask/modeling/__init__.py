@@ -7,6 +7,7 @@ the files a model needs can be saved next to it as remote code and load where hf
     layout.py                   seq_lens <-> cu_seqlens <-> position_ids <-> seq_idx, pad <-> unpad index maps
     masks.py                    masks as predicates, converted to each backend's format
     attention.py                exact varlen attention on any device, registered as "dynmask_varlen"
+    families.py                 the stock transformers families dynmask_varlen is verified exact on
     configuration_dynmask.py    DynMaskConfig (reads BERT / RoBERTa configs)
     modeling_dynmask.py         DynMaskModel and its heads
     input_checks.py             what the models are given: types and shapes, values in one host read per forward

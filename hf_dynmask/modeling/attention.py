@@ -3,126 +3,245 @@
 Model-side module: imports only torch, transformers and relative siblings (it is saved next to a model as remote code).
 
 Dimension legend:
-    N  packed tokens        S  sequences        H  heads        D  head dim
-    n  sequences in one length group            L  longest sequence of that group
+    Nq, Nk  packed query / key tokens     S  sequences          H  query heads       Hkv  key/value heads
+    D       head dim                      n  sequences in one length group           Lq, Lk  longest query / key
+                                                                                             length of that group
 
-A packed batch holds ``S`` sequences back to back in ``N`` tokens, with boundaries in ``cu_seqlens``. Exact attention
-lets every token see the tokens of its own sequence only (a block-diagonal "document" mask). Three ways to compute it:
+A packed batch holds ``S`` sequences back to back, with boundaries in ``cu_seqlens``: ``cu_seqlens_q`` for the
+queries and ``cu_seqlens_k`` for the keys (the same tensor for self-attention; different for cross-attention, where
+target ``s`` attends to source ``s`` only, or for a decoder step over a cache). Exact attention lets every query see
+the keys of its own sequence only (a block-diagonal "document" mask). Three ways to compute it:
 
-- one dense ``(N, N)`` block-diagonal mask: correct but quadratic in ``N`` (every pack of a large token budget
-  pays ``N**2``), so hf_dynmask never does this on the SDPA/eager backends;
+- one dense ``(Nq, Nk)`` block-diagonal mask: correct but quadratic in the pack length, so hf_dynmask never does
+  this on the SDPA/eager backends;
 - flash-attn's varlen kernels (CUDA only): used through transformers' ``flash_attention_2`` when installed;
-- :func:`varlen_attention` here: sequences are grouped by similar length (:func:`plan_varlen`, once per forward),
-  each group is gathered into a small padded ``(n, H, L, D)`` block with a key-padding mask, run through SDPA (or
-  the eager reference) and scattered back. Cost ``sum(n * L**2)``, close to the real ``sum(len**2)``; no sequence
-  ever sees another. It works on CPU, CUDA and anything else SDPA runs on.
+- :func:`varlen_attention` here: sequences are grouped by similar lengths (:func:`plan_varlen`, once per forward),
+  each group is gathered into small padded ``(n, H, Lq, D)`` / ``(n, Hkv, Lk, D)`` blocks with a key-padding mask,
+  run through SDPA (or the explicit eager reference) and scattered back. Cost ``sum(n * Lq * Lk)``, close to the
+  real ``sum(lq * lk)``; no sequence ever sees another. It works on CPU, CUDA and anything else SDPA runs on.
+
+Inside each sequence the kernel honours causality (aligned bottom-right when a query block is shorter than its keys,
+as when decoding with a cache: query ``i`` sees keys up to ``i + lk - lq``), a sliding window (``sliding_window=W``:
+at most ``W - 1`` keys away, on both sides unless causal: flash-attn's ``window_size=(W - 1, W - 1)``, which is what
+transformers' ``sliding_window`` argument means), grouped-query attention (``Hkv`` divides ``H``) and an attention
+softcap (``tanh(scores / c) * c``, computed on the explicit path).
 
 :func:`varlen_attention_forward` is that path behind transformers' ``AttentionInterface`` signature, registered as
-``"dynmask_varlen"``, so stock transformers models (``BertModel(..., attn_implementation="dynmask_varlen")``)
-also honour ``cu_seq_lens_q`` boundaries on CPU; the name is registered in ``AttentionMaskInterface`` too, so padded
-batches still get their padding mask.
+``"dynmask_varlen"`` together with :func:`varlen_attention_mask` in ``AttentionMaskInterface``:
+
+- the mask function never builds a mask for an unpadded batch (where transformers' sdpa builds a dense ``(N, N)``
+  mask for a packed row), and hands padded batches the same 4-D mask stock SDPA gets;
+- the attention takes a packed row's boundaries from ``cu_seq_lens_q/k`` when given, and for causal models also from
+  restarting ``position_ids`` alone (transformers' and TRL's padding-free convention), never from a guess for an
+  encoder; an unpacked, unpadded batch without a window or softcap goes to transformers' own SDPA function;
+- it runs only on the model families verified exact here (:mod:`.families`) and refuses any argument it cannot
+  honour (attention sinks, a relative position bias on packed rows, an unknown argument), naming what to use instead.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch.nn import functional as F
 
+from .families import check_verified_family
+from .layout import cu_seqlens_from_position_ids
 from .masks import to_additive
 
 ATTN_IMPLEMENTATION = "dynmask_varlen"
 
+__all__ = [
+    "ATTN_IMPLEMENTATION",
+    "LengthGroup",
+    "VarlenPlan",
+    "flex_attention",
+    "plan_varlen",
+    "register_attention",
+    "varlen_attention",
+    "varlen_attention_forward",
+    "varlen_attention_mask",
+]
+
 
 class LengthGroup(NamedTuple):
-    """Sequences of similar length, laid out as a right-padded ``(n, L)`` block of packed-token indices."""
+    """Sequences of similar lengths, laid out as right-padded ``(n, Lq)`` query and ``(n, Lk)`` key blocks of
+    packed-token indices."""
 
-    gather: torch.Tensor  # int64 (n * L,): packed index per block slot (padding slots repeat a real token)
-    real_slots: (
-        torch.Tensor | None
-    )  # int64 (M,): block slots that hold real tokens; None when the block has no padding
-    key_allowed: torch.Tensor | None  # bool (n, 1, 1, L): True at real keys; None when the block has no padding
+    q_gather: torch.Tensor  # int64 (n * Lq,): packed query index per block slot (padding slots repeat a real token)
+    k_gather: torch.Tensor  # int64 (n * Lk,): the same for keys (the same tensor as q_gather for self-attention)
+    q_real_slots: torch.Tensor | None  # int64 (Mq,): query slots holding real tokens; None when no query padding
+    q_real: torch.Tensor | None  # bool (n, Lq): True at real query slots; None when no query padding
+    key_allowed: torch.Tensor | None  # bool (n, 1, 1, Lk): True at real keys; None when no key padding
+    diagonal: torch.Tensor | None  # int64 (n, 1, 1, 1): lk - lq per sequence (causal alignment); None when all 0
     num_seqs: int
-    seqlen: int
+    q_len: int
+    k_len: int
 
 
 class VarlenPlan(NamedTuple):
     """How :func:`varlen_attention` splits a packed batch into length groups. Built once per forward."""
 
     groups: tuple[LengthGroup, ...]
-    inverse: torch.Tensor | None  # int64 (N,): packed order from the groups' concatenated outputs; None if identity
-    num_tokens: int
+    inverse: torch.Tensor | None  # int64 (Nq,): packed order from the groups' concatenated outputs; None if identity
+    num_q_tokens: int
+    num_k_tokens: int
 
 
-def plan_varlen(cu_seqlens: torch.Tensor, bucket_ratio: float = 0.8) -> VarlenPlan:
+def _bounds(cu_seqlens: torch.Tensor, name: str) -> list[int]:
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"{name} must be 1-D (num_seqs + 1,), got shape {tuple(cu_seqlens.shape)}")
+    bounds = cu_seqlens.tolist()  # one host sync per forward, shared by every layer
+    if bounds[0] != 0 or any(end <= start for start, end in zip(bounds[:-1], bounds[1:], strict=True)):
+        raise ValueError(f"{name} must start at 0 and strictly increase (every sequence >= 1 token), got {bounds[:8]}")
+    return bounds
+
+
+def plan_varlen(
+    cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor | None = None, bucket_ratio: float = 0.8
+) -> VarlenPlan:
     """Group the sequences of a packed batch by length for :func:`varlen_attention`.
 
-    Sequences are sorted by length; a sequence joins the current group while its length is at least ``bucket_ratio``
-    times the group's longest, so each group wastes at most ``1 - bucket_ratio`` of its slots on padding
-    (``bucket_ratio=0`` makes one group, ``1`` one group per distinct length).
+    Sequences are sorted by query length; a sequence joins the current group while its query length is at least
+    ``bucket_ratio`` times the group's longest and its key length within that ratio of the group's key lengths, so
+    each group wastes at most about ``1 - bucket_ratio`` of its slots on padding (``bucket_ratio=0`` makes one group,
+    ``1`` one group per distinct pair of lengths).
 
     Args:
-        cu_seqlens: int32 ``(S + 1,)``, starting at 0.
+        cu_seqlens_q: int32 ``(S + 1,)``, starting at 0: the queries' boundaries.
+        cu_seqlens_k: int32 ``(S + 1,)``: the keys' boundaries; None (or the same tensor) for self-attention.
 
     Lengths [3, 10, 2, 9]: the two long ones share a padded (2, 10) block, the short ones a (2, 3) block.
 
     >>> plan = plan_varlen(torch.tensor([0, 3, 13, 15, 24], dtype=torch.int32), bucket_ratio=0.6)
-    >>> [(g.num_seqs, g.seqlen, g.key_allowed is None) for g in plan.groups]
-    [(2, 10, False), (2, 3, False)]
-    """
-    bounds = cu_seqlens.tolist()  # one host sync per forward, shared by every layer
-    lens = [end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
-    order = sorted(range(len(lens)), key=lambda s: -lens[s])
-    device = cu_seqlens.device
+    >>> [(g.num_seqs, g.q_len, g.k_len, g.key_allowed is None) for g in plan.groups]
+    [(2, 10, 10, False), (2, 3, 3, False)]
 
-    groups_members: list[list[int]] = []
+    Cross-attention of targets of lengths [2, 3] to sources of lengths [4, 1]:
+
+    >>> plan = plan_varlen(torch.tensor([0, 2, 5]), torch.tensor([0, 4, 5]), bucket_ratio=0.0)
+    >>> [(g.num_seqs, g.q_len, g.k_len) for g in plan.groups], plan.num_q_tokens, plan.num_k_tokens
+    ([(2, 3, 4)], 5, 5)
+    """
+    self_attention = cu_seqlens_k is None or cu_seqlens_k is cu_seqlens_q
+    bounds_q = _bounds(cu_seqlens_q, "cu_seqlens_q")
+    bounds_k = bounds_q if self_attention else _bounds(cu_seqlens_k, "cu_seqlens_k")
+    if len(bounds_k) != len(bounds_q):
+        raise ValueError(
+            f"cu_seqlens_q describes {len(bounds_q) - 1} sequences but cu_seqlens_k {len(bounds_k) - 1}: each query "
+            "sequence needs its own key sequence"
+        )
+    self_attention = self_attention or bounds_k == bounds_q
+    lens_q = [end - start for start, end in zip(bounds_q[:-1], bounds_q[1:], strict=True)]
+    lens_k = [end - start for start, end in zip(bounds_k[:-1], bounds_k[1:], strict=True)]
+    order = sorted(range(len(lens_q)), key=lambda s: (-lens_q[s], -lens_k[s]))
+    device = cu_seqlens_q.device
+
+    members_of_groups: list[list[int]] = []
+    k_range: list[int] = []  # (min, max) key length of the current group
     for s in order:
-        if groups_members and lens[s] >= bucket_ratio * lens[groups_members[-1][0]]:
-            groups_members[-1].append(s)
-        else:
-            groups_members.append([s])
+        if members_of_groups:
+            low, high = min(k_range[0], lens_k[s]), max(k_range[1], lens_k[s])
+            if lens_q[s] >= bucket_ratio * lens_q[members_of_groups[-1][0]] and low >= bucket_ratio * high:
+                members_of_groups[-1].append(s)
+                k_range = [low, high]
+                continue
+        members_of_groups.append([s])
+        k_range = [lens_k[s], lens_k[s]]
 
     groups = []
-    gathered_real = []  # packed indices in the order the groups' outputs are concatenated
-    for members in groups_members:
-        seqlen = lens[members[0]]
-        starts = torch.tensor([bounds[s] for s in members], device=device)
-        member_lens = torch.tensor([lens[s] for s in members], device=device)
-        offsets = torch.arange(seqlen, device=device)
-        is_real = offsets[None, :] < member_lens[:, None]  # (n, L)
-        # Padding slots gather the sequence's own first token: they are masked as keys and dropped as queries.
-        gather = (starts[:, None] + torch.where(is_real, offsets[None, :], 0)).reshape(-1)
-        if bool(is_real.all()):
-            real_slots, key_allowed = None, None
-            gathered_real.append(gather)
+    gathered_real = []  # packed query indices in the order the groups' outputs are concatenated
+    for members in members_of_groups:
+        q_gather, q_real = _block(bounds_q, lens_q, members, device)
+        if self_attention:
+            k_gather, k_real = q_gather, q_real
         else:
-            real_slots = torch.nonzero(is_real.reshape(-1)).flatten()
-            key_allowed = is_real[:, None, None, :]
-            gathered_real.append(gather[real_slots])
-        groups.append(LengthGroup(gather, real_slots, key_allowed, len(members), seqlen))
+            k_gather, k_real = _block(bounds_k, lens_k, members, device)
+        q_all_real = bool(q_real.all())
+        q_real_slots = None if q_all_real else torch.nonzero(q_real.reshape(-1)).flatten()
+        gathered_real.append(q_gather if q_real_slots is None else q_gather[q_real_slots])
+        offsets = [lens_k[s] - lens_q[s] for s in members]
+        diagonal = None
+        if any(offsets):
+            diagonal = torch.tensor(offsets, device=device).view(-1, 1, 1, 1)
+        groups.append(
+            LengthGroup(
+                q_gather=q_gather,
+                k_gather=k_gather,
+                q_real_slots=q_real_slots,
+                q_real=None if q_all_real else q_real,
+                key_allowed=None if bool(k_real.all()) else k_real[:, None, None, :],
+                diagonal=diagonal,
+                num_seqs=len(members),
+                q_len=q_real.shape[1],
+                k_len=k_real.shape[1],
+            )
+        )
 
     order_out = torch.cat(gathered_real)
-    num_tokens = bounds[-1]
-    identity = torch.equal(order_out, torch.arange(num_tokens, device=device))
-    return VarlenPlan(tuple(groups), None if identity else torch.argsort(order_out), num_tokens)
+    num_q_tokens = bounds_q[-1]
+    identity = torch.equal(order_out, torch.arange(num_q_tokens, device=device))
+    return VarlenPlan(tuple(groups), None if identity else torch.argsort(order_out), num_q_tokens, bounds_k[-1])
 
 
-def _group_mask(group: LengthGroup, is_causal: bool) -> torch.Tensor | None:
-    """Bool ``(n, 1, L, L)`` (or broadcastable), True = may attend, for one length group; None = attend to all."""
-    if not is_causal:
+def _block(bounds: list[int], lens: list[int], members: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather indices ``(n * L,)`` of a right-padded ``(n, L)`` block and its real-slot mask ``(n, L)``."""
+    seqlen = max(lens[s] for s in members)
+    starts = torch.tensor([bounds[s] for s in members], device=device)
+    member_lens = torch.tensor([lens[s] for s in members], device=device)
+    offsets = torch.arange(seqlen, device=device)
+    is_real = offsets[None, :] < member_lens[:, None]  # (n, L)
+    # Padding slots gather the sequence's own first token: they are masked as keys and dropped as queries.
+    gather = (starts[:, None] + torch.where(is_real, offsets[None, :], 0)).reshape(-1)
+    return gather, is_real
+
+
+def _group_mask(group: LengthGroup, is_causal: bool, sliding_window: int | None) -> torch.Tensor | None:
+    """Bool ``(n, 1, Lq, Lk)`` (or broadcastable), True = may attend, for one length group; None = attend to all.
+
+    Query slots that are padding attend to every real key of their sequence (their output is dropped), so no row of
+    the block is fully masked: a fully masked row gives NaN in SDPA, and NaN would reach the keys' gradients.
+    """
+    if not is_causal and sliding_window is None:
         return group.key_allowed
-    causal = torch.ones(group.seqlen, group.seqlen, dtype=torch.bool, device=group.gather.device).tril()
-    return causal if group.key_allowed is None else causal & group.key_allowed
+    device = group.q_gather.device
+    q_pos = torch.arange(group.q_len, device=device).view(1, 1, -1, 1)  # (1, 1, Lq, 1)
+    if group.diagonal is not None:
+        q_pos = q_pos + group.diagonal  # each query's position on its sequence's key axis
+    distance = q_pos - torch.arange(group.k_len, device=device).view(1, 1, 1, -1)  # query minus key position
+    allowed = distance >= 0 if is_causal else torch.ones_like(distance, dtype=torch.bool)
+    if sliding_window is not None:
+        allowed = allowed & (distance.abs() < sliding_window)
+    if group.key_allowed is not None:
+        allowed = allowed & group.key_allowed
+    if group.q_real is not None:
+        fallback = group.key_allowed if group.key_allowed is not None else torch.ones_like(allowed)
+        allowed = torch.where(group.q_real[:, None, :, None], allowed, fallback)
+    return allowed
 
 
-def _eager(query, key, value, allowed, scaling, dropout_p, training):
-    """Explicit softmax over an additive mask: the reference the other kernels are tested against."""
+def _eager(query, key, value, allowed, scaling, dropout_p, training, softcap=None):
+    """Explicit softmax over an additive mask: the reference the other kernels are tested against.
+
+    ``softcap`` caps the scores as Gemma-2 does (``tanh(scores / softcap) * softcap``, before the mask); the softmax
+    runs in float32, as transformers' eager attention does.
+    """
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if allowed is not None:
         scores = scores + to_additive(allowed, scores.dtype)
-    probs = F.dropout(torch.softmax(scores, dim=-1), p=dropout_p, training=training)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = F.dropout(probs, p=dropout_p, training=training)
     return torch.matmul(probs, value)
+
+
+def _repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
+    """``(n, Hkv, L, D)`` -> ``(n, Hkv * groups, L, D)``: query head ``h`` reads key/value head ``h // groups``."""
+    if groups == 1:
+        return states
+    n, heads, length, dim = states.shape
+    return states[:, :, None].expand(n, heads, groups, length, dim).reshape(n, heads * groups, length, dim)
 
 
 def varlen_attention(
@@ -134,43 +253,61 @@ def varlen_attention(
     scaling: float,
     dropout_p: float = 0.0,
     is_causal: bool = False,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
     kernel: str = "sdpa",
     training: bool = False,
 ) -> torch.Tensor:
     """Exact attention of packed tokens within their own sequences.
 
     Args:
-        query, key, value: ``(N, H, D)`` packed tokens.
-        plan: from :func:`plan_varlen` on the batch's ``cu_seqlens``.
+        query: ``(Nq, H, D)`` packed queries.
+        key, value: ``(Nk, Hkv, D)`` packed keys and values; ``Hkv`` divides ``H`` (grouped-query attention).
+        plan: from :func:`plan_varlen` on the batch's ``cu_seqlens_q`` (and ``cu_seqlens_k``).
+        is_causal: each query sees its sequence's keys up to its own position (bottom-right aligned).
+        sliding_window: ``W``: keys at most ``W - 1`` positions away (only before the query when causal).
+        softcap: cap the scores at ``softcap`` with ``tanh`` before the mask (forces the explicit kernel).
         kernel: ``"sdpa"`` (torch's scaled_dot_product_attention) or ``"eager"`` (explicit softmax, the reference).
 
     Returns:
-        ``(N, H, D)``, in packed order.
+        ``(Nq, H, D)``, in packed order.
     """
-    if query.shape[0] != plan.num_tokens:
-        raise ValueError(f"query has {query.shape[0]} tokens but the plan describes {plan.num_tokens}")
+    if kernel not in ("sdpa", "eager"):
+        raise ValueError(f"kernel must be 'sdpa' or 'eager', got {kernel!r}")
+    if query.shape[0] != plan.num_q_tokens or key.shape[0] != plan.num_k_tokens:
+        raise ValueError(
+            f"query has {query.shape[0]} tokens and key {key.shape[0]} but the plan describes {plan.num_q_tokens} "
+            f"and {plan.num_k_tokens}: the boundaries (cu_seq_lens_q/k) belong to another batch"
+        )
+    num_heads, kv_heads = query.shape[1], key.shape[1]
+    if num_heads % kv_heads:
+        raise ValueError(f"{num_heads} query heads cannot share {kv_heads} key/value heads evenly")
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
+    use_sdpa = kernel == "sdpa" and softcap is None
+    dropout_p = dropout_p if training else 0.0
     outputs = []
     for group in plan.groups:
-        block_shape = (group.num_seqs, group.seqlen, *query.shape[1:])
-        q, k, v = (t.index_select(0, group.gather).view(block_shape).transpose(1, 2) for t in (query, key, value))
-        allowed = _group_mask(group, is_causal)  # (n, H, L, D) blocks from here on
-        if kernel == "sdpa":
-            use_causal_flag = is_causal and group.key_allowed is None
+        n = group.num_seqs
+        q = query.index_select(0, group.q_gather).view(n, group.q_len, num_heads, -1).transpose(1, 2)
+        k, v = (
+            t.index_select(0, group.k_gather).view(n, group.k_len, kv_heads, -1).transpose(1, 2) for t in (key, value)
+        )  # (n, H, Lq, D) and (n, Hkv, Lk, D) blocks from here on
+        k, v = _repeat_kv(k, num_heads // kv_heads), _repeat_kv(v, num_heads // kv_heads)
+        plain_causal = (
+            is_causal and sliding_window is None and group.key_allowed is None and group.diagonal is None
+        )  # equal lengths, no padding: SDPA's own causal flag
+        allowed = None if plain_causal else _group_mask(group, is_causal, sliding_window)
+        if use_sdpa:
             out = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=None if use_causal_flag else allowed,
-                dropout_p=dropout_p if training else 0.0,
-                is_causal=use_causal_flag,
-                scale=scaling,
+                q, k, v, attn_mask=allowed, dropout_p=dropout_p, is_causal=plain_causal, scale=scaling
             )
-        elif kernel == "eager":
-            out = _eager(q, k, v, allowed, scaling, dropout_p, training)
         else:
-            raise ValueError(f"kernel must be 'sdpa' or 'eager', got {kernel!r}")
-        out = out.transpose(1, 2).reshape(-1, *query.shape[1:])  # (n * L, H, D)
-        outputs.append(out if group.real_slots is None else out.index_select(0, group.real_slots))
+            if plain_causal:
+                allowed = _group_mask(group, True, None)
+            out = _eager(q, k, v, allowed, scaling, dropout_p, training, softcap)
+        out = out.transpose(1, 2).reshape(n * group.q_len, num_heads, -1)  # (n * Lq, H, D)
+        outputs.append(out if group.q_real_slots is None else out.index_select(0, group.q_real_slots))
     packed = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     return packed if plan.inverse is None else packed.index_select(0, plan.inverse)
 
@@ -189,6 +326,59 @@ def flex_attention(
     return kernel(query, key, value, block_mask=block_mask, scale=scaling).transpose(1, 2)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# transformers' AttentionInterface / AttentionMaskInterface entries
+# --------------------------------------------------------------------------------------------------------------------
+
+#: Arguments transformers models pass to attention functions that never change the scores (bookkeeping, or read
+#: elsewhere in the model). Anything else that is not None and not handled below is refused.
+PASSIVE_KWARGS = frozenset(
+    {
+        "cache_position",
+        "deterministic",
+        "layer_idx",
+        "max_length_k",
+        "max_length_q",
+        "num_items_in_batch",
+        "output_attentions",
+        "output_hidden_states",
+        "past_key_value",
+        "past_key_values",
+        "position_embeddings",
+        "return_dict",
+        "seq_idx",
+        "use_cache",
+    }
+)
+
+
+def _check_kwargs(kwargs: dict[str, Any]) -> None:
+    unknown = sorted(name for name, value in kwargs.items() if value is not None and name not in PASSIVE_KWARGS)
+    if unknown:
+        raise ValueError(
+            f"dynmask_varlen does not know the attention argument(s) {unknown}, which may change the attention "
+            "scores; it refuses rather than ignore them. Use attn_implementation='sdpa' or 'eager' with padded "
+            "batches for this model"
+        )
+
+
+def _once_per_forward(holder: torch.Tensor, name: str, key: tuple, build):
+    """``build()``, computed once per forward: transformers passes the same ``cu_seq_lens_q`` / ``position_ids``
+    tensor to every layer, so the result is kept on that tensor (keyed by its version, so an in-place change
+    rebuilds it) and the host syncs of building it happen in the first layer only."""
+    key = (key, holder._version, tuple(holder.shape))
+    cached = getattr(holder, name, None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    value = build()
+    setattr(holder, name, (key, value))
+    return value
+
+
+def _bucket_ratio(module: torch.nn.Module) -> float:
+    return float(getattr(getattr(module, "config", None), "varlen_bucket_ratio", 0.8))
+
+
 def varlen_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -198,60 +388,121 @@ def varlen_attention_forward(
     dropout: float = 0.0,
     scaling: float | None = None,
     is_causal: bool | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    position_bias: torch.Tensor | None = None,
+    s_aux: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
     cu_seq_lens_q: torch.Tensor | None = None,
     cu_seq_lens_k: torch.Tensor | None = None,
+    encoder_hidden_states: torch.Tensor | None = None,
     dynmask_plan: VarlenPlan | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers ``AttentionInterface`` entry for ``attn_implementation="dynmask_varlen"``.
 
     Args:
-        query, key, value: ``(B, H, T, D)`` as transformers passes them. A packed batch is one row, ``B == 1``.
-        attention_mask: the padded batch's mask as ``AttentionMaskInterface`` built it (bool, True = may attend),
-            or None.
-        cu_seq_lens_q / cu_seq_lens_k: int32 ``(S + 1,)`` boundaries of a packed row (transformers' names for
-            ``cu_seqlens``); when given, attention stays inside each sequence.
+        query: ``(B, H, Tq, D)``; key, value: ``(B, Hkv, Tk, D)``, as transformers passes them.
+        attention_mask: what :func:`varlen_attention_mask` built: None (no padding) or the padded batch's 4-D bool
+            mask (True = may attend), as stock SDPA gets it.
+        sliding_window, softcap: the model's local-attention window and score cap (see :func:`varlen_attention`).
+        position_ids: ``(B, Tq)``; for a causal model without ``cu_seq_lens_q``, restarting positions mark packed
+            sequences (transformers' padding-free convention).
+        cu_seq_lens_q / cu_seq_lens_k: int32 ``(S + 1,)`` boundaries of a packed row (``B == 1``); attention stays
+            inside each sequence.
+        dynmask_plan: a :func:`plan_varlen` built by the caller for these boundaries (optional).
 
     Returns:
-        ``((B, T, H, D) attention output, None)``, the layout transformers' attention functions return.
+        ``((B, Tq, H, D) attention output, None)``, the layout transformers' attention functions return.
     """
-    if is_causal is None:
-        is_causal = getattr(module, "is_causal", False)
-    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    if cu_seq_lens_q is None:
-        if attention_mask is not None and attention_mask.dtype != torch.bool:
-            attention_mask = attention_mask == 0  # additive 0 / finfo.min -> bool, True = may attend
-        use_causal_flag = bool(is_causal) and attention_mask is None and query.shape[2] > 1
-        out = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=attention_mask,
-            dropout_p=dropout if module.training else 0.0,
-            is_causal=use_causal_flag,
-            scale=scaling,
-        )
-        return out.transpose(1, 2).contiguous(), None
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
-    if (
-        cu_seq_lens_k is not None
-        and cu_seq_lens_k is not cu_seq_lens_q
-        and not torch.equal(cu_seq_lens_k, cu_seq_lens_q)
-    ):
-        raise ValueError("dynmask_varlen supports self-attention only: cu_seq_lens_k must equal cu_seq_lens_q")
-    if query.shape[0] != 1:
+    check_verified_family(module)
+    _check_kwargs(kwargs)
+    if s_aux is not None:
         raise ValueError(
-            f"a packed batch is one row of concatenated sequences, got batch size {query.shape[0]}; "
-            "use hf_dynmask's packed collator (input_ids of shape (1, total_tokens))"
+            "dynmask_varlen does not implement attention sinks (s_aux); use attn_implementation='eager' or a "
+            "flash-attention kernel that supports them"
         )
-    if attention_mask is not None and not bool(attention_mask.all()):
+    if is_causal is None:
+        is_causal = getattr(module, "is_causal", True)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    batch_size, num_heads, q_len, _ = query.shape
+    k_len = key.shape[2]
+
+    cu_q = cu_k = None
+    if cu_seq_lens_q is not None or cu_seq_lens_k is not None:  # stated boundaries: a packed row
+        cu_q = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
+        cu_k = cu_seq_lens_k if cu_seq_lens_k is not None else cu_q
+        if batch_size != 1:
+            raise ValueError(
+                f"a packed batch is one row of concatenated sequences, got batch size {batch_size}; use "
+                "hf_dynmask's packed collator (input_ids of shape (1, total_tokens))"
+            )
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError(
+                "packed batch (cu_seq_lens_q) with a padding attention_mask: a packed row has no padding, so drop "
+                "attention_mask or use the dynamic-padding collator instead of the packed one"
+            )
+        holder = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
+    elif attention_mask is not None:  # a padded batch: its 4-D mask says everything, as for stock SDPA
+        if softcap is None:
+            return sdpa_attention_forward(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal,
+                position_bias=position_bias,
+            )  # fmt: skip
+        if position_bias is not None:
+            raise ValueError("dynmask_varlen does not combine an attention softcap with a position bias")
+        allowed = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
+        key, value = (repeat_kv(t, num_heads // key.shape[1]) for t in (key, value))
+        out = _eager(query, key, value, allowed, scaling, dropout, module.training, softcap)
+        return out.transpose(1, 2).contiguous(), None
+    else:
+        if position_ids is not None and q_len == k_len and q_len > 1:
+            cu_q = _once_per_forward(
+                position_ids,
+                "_dynmask_boundaries",
+                (batch_size,),
+                lambda: cu_seqlens_from_position_ids(position_ids.expand(batch_size, -1)),
+            )
+            if cu_q is not None and not is_causal:
+                raise ValueError(
+                    "position_ids restart inside a row of an encoder batch but no boundaries were given: pass "
+                    "cu_seq_lens_q (hf_dynmask's packed collator, or DataCollatorWithFlattening("
+                    "return_flash_attn_kwargs=True)); boundaries are never guessed for bidirectional attention"
+                )
+            cu_k, holder = cu_q, position_ids
+        window_active = sliding_window is not None and k_len > sliding_window
+        offset_causal = is_causal and q_len > 1 and q_len != k_len  # queries over a cache: bottom-right alignment
+        if cu_q is None and not (window_active or softcap is not None or offset_causal):
+            return sdpa_attention_forward(
+                module, query, key, value, None, dropout=dropout, scaling=scaling, is_causal=is_causal,
+                position_bias=position_bias,
+            )  # fmt: skip
+        if cu_q is None:  # one sequence per row, with a window, a softcap or a cache offset
+            holder = None
+            cu_q = torch.arange(0, (batch_size + 1) * q_len, q_len, dtype=torch.int32, device=query.device)
+            cu_k = torch.arange(0, (batch_size + 1) * k_len, k_len, dtype=torch.int32, device=query.device)
+
+    if position_bias is not None:
         raise ValueError(
-            "packed batch (cu_seq_lens_q) with a padding attention_mask: a packed row has no padding, so drop "
-            "attention_mask or use the dynamic-padding collator instead of the packed one"
+            "dynmask_varlen cannot apply a relative position bias (T5-style) to packed rows or local windows: "
+            "the bias is computed over the whole row. Use attn_implementation='sdpa' with padded batches"
         )
+    if encoder_hidden_states is not None:
+        raise ValueError("dynmask_varlen does not pack cross-attention of stock models; use padded batches")
     if dynmask_plan is None:
-        dynmask_plan = plan_varlen(cu_seq_lens_q, getattr(getattr(module, "config", None), "varlen_bucket_ratio", 0.8))
-    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (N, H, D)
+        ratio = _bucket_ratio(module)
+        if holder is None:
+            dynmask_plan = plan_varlen(cu_q, cu_k, ratio)
+        else:
+            cross = None if cu_k is cu_q else (cu_k._version, tuple(cu_k.shape), cu_k.data_ptr())
+            dynmask_plan = _once_per_forward(
+                holder, "_dynmask_varlen_plan", (ratio, cross), lambda: plan_varlen(cu_q, cu_k, ratio)
+            )
+    if is_causal and any(bool((g.diagonal < 0).any()) for g in dynmask_plan.groups if g.diagonal is not None):
+        raise ValueError("causal attention needs every query sequence to be at most as long as its key sequence")
+    q, k, v = (t.transpose(1, 2).reshape(-1, t.shape[1], t.shape[3]) for t in (query, key, value))  # (B * T, H, D)
     out = varlen_attention(
         q,
         k,
@@ -260,9 +511,50 @@ def varlen_attention_forward(
         scaling=scaling,
         dropout_p=dropout,
         is_causal=bool(is_causal),
+        sliding_window=sliding_window,
+        softcap=softcap,
         training=module.training,
     )
-    return out.unsqueeze(0), None  # (1, N, H, D)
+    return out.view(batch_size, q_len, num_heads, -1), None  # (B, Tq, H, D)
+
+
+def varlen_attention_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function=None,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> torch.Tensor | None:
+    """transformers ``AttentionMaskInterface`` entry for ``"dynmask_varlen"``.
+
+    No padding, no cache offset and no custom mask overlay: None, whatever transformers detected (a packed row is
+    not turned into a dense ``(N, N)`` mask; :func:`varlen_attention_forward` reads its boundaries). Anything else
+    (padding, a cache, image-token overlays): the 4-D bool mask stock SDPA gets, from transformers' ``sdpa_mask``.
+    """
+    from transformers.masking_utils import causal_mask_function, sdpa_mask
+
+    plain = (
+        attention_mask is None
+        and not kwargs.get("use_vmap", False)
+        and q_length == kv_length
+        and not q_offset
+        and not kv_offset
+    )
+    if plain:
+        return None
+    return sdpa_mask(
+        batch_size=batch_size,
+        q_length=q_length,
+        kv_length=kv_length,
+        q_offset=q_offset,
+        kv_offset=kv_offset,
+        mask_function=causal_mask_function if mask_function is None else mask_function,
+        attention_mask=attention_mask,
+        **kwargs,
+    )
 
 
 def register_attention() -> None:
@@ -272,19 +564,7 @@ def register_attention() -> None:
     ``AttentionMaskInterface``, which would silently ignore padding.
     """
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ATTN_IMPLEMENTATION, varlen_attention_forward)
-    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
-
-
-__all__ = [
-    "ATTN_IMPLEMENTATION",
-    "LengthGroup",
-    "VarlenPlan",
-    "flex_attention",
-    "plan_varlen",
-    "register_attention",
-    "varlen_attention",
-    "varlen_attention_forward",
-]
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, varlen_attention_mask)

@@ -41,6 +41,7 @@ __all__ = [
     "PackedLayout",
     "UnpadIndex",
     "as_seq_lens",
+    "cu_seqlens_from_position_ids",
     "cu_seqlens_from_seq_idx",
     "cu_seqlens_from_seq_lens",
     "pad_index_from_cu_seqlens",
@@ -173,6 +174,30 @@ def cu_seqlens_from_seq_idx(seq_idx: torch.Tensor) -> torch.Tensor:
         raise ValueError("seq_idx must be non-decreasing: each sequence's tokens must be contiguous in a packed row")
     _, counts = torch.unique_consecutive(flat, return_counts=True)
     return torch.nn.functional.pad(torch.cumsum(counts, 0, dtype=torch.int32), (1, 0))
+
+
+def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """Boundaries implied by restarting ``position_ids``, transformers' padding-free convention for decoders.
+
+    A sequence starts at every row start and wherever a position is not its predecessor plus one (transformers'
+    ``find_packed_sequence_indices``). Rows are concatenated, so the result describes the flattened ``B * T`` tokens.
+    Returns int32 ``(S + 1,)``, or None when no row restarts (one sequence per row: nothing to split).
+
+    Only for causal models, where this is how transformers and TRL mark packed rows; encoders need the boundaries
+    stated (``cu_seq_lens_q`` or ``seq_idx``), never guessed.
+
+    >>> cu_seqlens_from_position_ids(torch.tensor([[0, 1, 2, 0, 1, 0]])).tolist()
+    [0, 3, 5, 6]
+    >>> cu_seqlens_from_position_ids(torch.tensor([[0, 1, 2], [5, 6, 7]])) is None
+    True
+    """
+    positions = position_ids.reshape(-1, position_ids.shape[-1])  # (B, T)
+    starts = torch.ones_like(positions, dtype=torch.bool)
+    starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
+    if not bool(starts[:, 1:].any()):
+        return None
+    indices = torch.nonzero(starts.reshape(-1)).flatten().to(torch.int32)
+    return torch.cat([indices, indices.new_tensor([positions.numel()])])
 
 
 def packed_layout(

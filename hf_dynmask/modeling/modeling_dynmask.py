@@ -592,7 +592,7 @@ class DynMaskModel(DynMaskPreTrainedModel):
         if name in FLASH_IMPLEMENTATIONS:
             return EncoderBatch(True, cu_seqlens, max_seqlen)
         ratio = 0.0 if name == "eager" else self.config.varlen_bucket_ratio
-        return EncoderBatch(True, cu_seqlens, max_seqlen, plan=plan_varlen(cu_seqlens, ratio))
+        return EncoderBatch(True, cu_seqlens, max_seqlen, plan=plan_varlen(cu_seqlens, bucket_ratio=ratio))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from hf_dynmask.sharing.model_card import TrainingSummary, make_model_card
 CODE_FILES = (
     "attention.py",
     "configuration_dynmask.py",
+    "families.py",
     "input_checks.py",
     "layout.py",
     "masks.py",
