@@ -710,3 +710,18 @@ def test_collators_accept_what_they_always_did(env):
     mlm = collate(env, "masked-lm", "dynamic", mlm_probability=1.0)(mlm_features)
     assert mlm["input_ids"].shape == (3, 4) and (mlm["labels"] != -100).sum() == 3  # only the non-special tokens
     assert features[0] == {"input_ids": [101, 7, 102], "attention_mask": [1, 1, 1], "label": 1}  # untouched
+
+
+def test_int32_inputs_give_the_int64_results(env):
+    """The checks read any integer dtype (int32 ids, positions, masks and boundaries are common)."""
+    ids = torch.tensor([[101, 7, 8, 0], [101, 9, 10, 11]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    positions = torch.tensor([[0, 1, 2, 2], [0, 1, 2, 3]])
+    for model in (env.static, env.dynamic):
+        expected = model(ids, attention_mask=mask, position_ids=positions).last_hidden_state
+        got = model(ids.int(), attention_mask=mask.int(), position_ids=positions.int()).last_hidden_state
+        torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    packed = {"input_ids": torch.tensor([[101, 7, 8, 101, 9]]), "cu_seq_lens_q": torch.tensor([0, 3, 5])}
+    expected = env.dynamic(**packed).last_hidden_state
+    got = env.dynamic(packed["input_ids"].int(), cu_seq_lens_q=packed["cu_seq_lens_q"].int()).last_hidden_state
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)

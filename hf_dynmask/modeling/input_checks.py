@@ -204,11 +204,12 @@ def check_padded_values(config, input_ids, token_type_ids, position_ids, attenti
     if attention_mask.dtype != torch.bool:
         stats.append(((attention_mask != 0) & (attention_mask != 1)).sum())
     if position_ids is not None:
+        positions = position_ids.long()
         both_real = real[:, 1:] & real[:, :-1]  # (B, T - 1)
         stats += [
-            (both_real & (position_ids[:, 1:] <= position_ids[:, :-1])).sum(),  # restarts between real tokens
-            torch.where(real, position_ids, torch.iinfo(torch.int64).max).amin(),
-            torch.where(real, position_ids, -1).amax(),
+            (both_real & (positions[:, 1:] <= positions[:, :-1])).sum(),  # restarts between real tokens
+            torch.where(real, positions, torch.iinfo(torch.int64).max).amin(),
+            torch.where(real, positions, -1).amax(),
         ]
     values = torch.stack([s.long() for s in stats]).tolist()  # the one host read
     _raise_for_ids(config, input_ids, token_type_ids, values[:num_id_stats])
