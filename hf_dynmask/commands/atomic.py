@@ -113,9 +113,12 @@ def exchange_supported(folder: str | Path) -> bool:
 
 def _fsync_path(path: Path) -> None:
     """Flush a file's (or, on POSIX, a folder's entries') data to disk."""
-    if path.is_dir() and os.name == "nt":  # Windows cannot open a folder to flush it
-        return
-    fd = os.open(path, os.O_RDONLY)
+    if os.name == "nt":
+        if path.is_dir():  # Windows cannot open a folder to flush it
+            return
+        fd = os.open(path, os.O_RDWR)  # and flushes only what it may write
+    else:
+        fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
