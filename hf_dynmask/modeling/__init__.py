@@ -10,6 +10,7 @@ the files a model needs can be saved next to it as remote code and load where hf
     families.py                 the stock transformers families dynmask_varlen is verified exact on
     configuration_dynmask.py    DynMaskConfig (reads BERT / RoBERTa configs)
     modeling_dynmask.py         DynMaskModel and its heads
+    input_checks.py             what the models are given: types and shapes, values in one host read per forward
     auto.py                     registration with transformers' Auto classes
 """
 

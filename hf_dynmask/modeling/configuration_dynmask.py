@@ -5,12 +5,42 @@ Model-side module: imports only transformers (it is saved next to a model as rem
 
 from __future__ import annotations
 
+import difflib
+import os
+
 from transformers import PretrainedConfig
 
 MASKING_MODES = ("static", "dynamic")
 HEAD_STYLES = ("bert", "roberta")
 #: Checkpoint types whose weights and hyper-parameters DynMask reads, and the head style each implies.
 SOURCE_MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "camembert": "roberta"}
+
+
+def did_you_mean(value: object, choices) -> str:
+    """``"; did you mean 'x'?"`` for the choice closest to ``value`` (case aside), or ``""`` when none is near.
+
+    >>> did_you_mean("Dynamic", MASKING_MODES), did_you_mean("padded", MASKING_MODES)
+    ("; did you mean 'dynamic'?", '')
+    """
+    if not isinstance(value, str):
+        return ""
+    lowered = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(value.strip().lower(), list(lowered), n=1, cutoff=0.6)
+    return f"; did you mean {lowered[close[0]]!r}?" if close else ""
+
+
+def unknown_choice(name: str, value: object, choices) -> str:
+    """The message for an option outside its ``choices``: the choices, and the closest one when a name is near.
+
+    >>> unknown_choice("masking", "Dynamic", MASKING_MODES)
+    "masking must be one of ['static', 'dynamic'], got 'Dynamic'; did you mean 'dynamic'?"
+    """
+    return f"{name} must be one of {[str(c) for c in choices]}, got {value!r}{did_you_mean(value, choices)}"
+
+
+def _looks_local(name: str) -> bool:
+    """Whether ``name`` is meant as a local path rather than a Hub repo id (``user/name`` has at most one ``/``)."""
+    return name.startswith((".", "~", os.sep)) or "\\" in name or name.count("/") > 1 or os.path.isabs(name)
 
 
 class DynMaskConfig(PretrainedConfig):
@@ -79,9 +109,9 @@ class DynMaskConfig(PretrainedConfig):
                 f"position_embedding_type={position_embedding_type!r}"
             )
         if masking not in MASKING_MODES:
-            raise ValueError(f"masking must be one of {MASKING_MODES}, got {masking!r}")
+            raise ValueError(unknown_choice("masking", masking, MASKING_MODES))
         if head_style not in HEAD_STYLES:
-            raise ValueError(f"head_style must be one of {HEAD_STYLES}, got {head_style!r}")
+            raise ValueError(unknown_choice("head_style", head_style, HEAD_STYLES))
         if hidden_size % num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_attention_heads})"
@@ -127,6 +157,12 @@ class DynMaskConfig(PretrainedConfig):
         A source ``model_type`` of BERT's or RoBERTa's family is kept as ``source_model_type`` (it sets
         ``head_style``); any other type is refused, since its weights would not fit.
         """
+        name = os.fspath(pretrained_model_name_or_path)
+        if _looks_local(name) and not os.path.exists(os.path.expanduser(name)):
+            raise FileNotFoundError(
+                f"no folder {name!r}: from_pretrained reads a folder holding config.json (written by save_pretrained) "
+                "or a Hub repo id such as 'user/model'; check the path"
+            )
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         model_type = config_dict.get("model_type")
         if model_type is not None and model_type != cls.model_type:

@@ -50,7 +50,15 @@ from .attention import (
     register_attention,
     varlen_attention,
 )
-from .configuration_dynmask import DynMaskConfig
+from .configuration_dynmask import DynMaskConfig, did_you_mean
+from .input_checks import (
+    check_answer_positions,
+    check_encoder_inputs,
+    check_padded_values,
+    check_sequence_labels,
+    check_token_labels,
+    read_packed_boundaries,
+)
 from .layout import (
     UnpadIndex,
     cu_seqlens_from_seq_idx,
@@ -109,6 +117,7 @@ def _check_implementation(config: DynMaskConfig) -> str:
     if name not in SUPPORTED_IMPLEMENTATIONS:
         raise ValueError(
             f"attn_implementation={name!r} is not supported by DynMask; choose one of {SUPPORTED_IMPLEMENTATIONS}"
+            + did_you_mean(name, SUPPORTED_IMPLEMENTATIONS)
         )
     return name
 
@@ -340,7 +349,7 @@ class DynMaskPreTrainedModel(PreTrainedModel):
         if requested_attention is not None and requested_attention not in SUPPORTED_IMPLEMENTATIONS:
             raise ValueError(
                 f"attn_implementation={requested_attention!r} is not supported by DynMask; choose one of "
-                f"{SUPPORTED_IMPLEMENTATIONS}"
+                f"{SUPPORTED_IMPLEMENTATIONS}" + did_you_mean(requested_attention, SUPPORTED_IMPLEMENTATIONS)
             )
         try:
             return super().get_correct_attn_implementation(requested_attention, is_init_check)
@@ -399,13 +408,23 @@ class DynMaskModel(DynMaskPreTrainedModel):
             cu_seq_lens_q / cu_seq_lens_k: int32 ``(S + 1,)`` boundaries of a packed row (transformers' names for
                 ``cu_seqlens``). ``seq_idx`` ``(1, N)`` states the same boundaries and is accepted instead.
             max_length_q / max_length_k: the longest sequence of a packed row (recomputed from the boundaries).
+
+        Inputs are checked once per forward, before any layer (:mod:`.input_checks`): ids inside their tables,
+        positions inside the position table and never restarting between real tokens of a padded row (several
+        sequences in one row need boundaries), padding on one side of each row.
         """
         output_hidden_states = bool(output_hidden_states)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
-        if reference.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(reference.shape)}")
+        reference = check_encoder_inputs(
+            self.config,
+            input_ids,
+            inputs_embeds,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            cu_seq_lens_q,
+            cu_seq_lens_k,
+            seq_idx,
+        )
         if cu_seq_lens_k is not None and cu_seq_lens_q is not None and not torch.equal(cu_seq_lens_k, cu_seq_lens_q):
             raise ValueError("DynMask is an encoder with self-attention: cu_seq_lens_k must equal cu_seq_lens_q")
         cu_seqlens = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
@@ -422,13 +441,11 @@ class DynMaskModel(DynMaskPreTrainedModel):
                 cu_seqlens,
                 output_hidden_states,
             )
-        _reject_unmarked_packing(position_ids, attention_mask)
         if attention_mask is None:
             attention_mask = torch.ones_like(reference, dtype=torch.long)
-        if attention_mask.shape != reference.shape:
-            raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(reference.shape)}"
-            )
+        if position_ids is not None:
+            position_ids = position_ids.expand(reference.shape)  # a (1, T) row serves every row
+        check_padded_values(self.config, input_ids, token_type_ids, position_ids, attention_mask)
         if self.config.masking == "dynamic" or _check_implementation(self.config) in FLASH_IMPLEMENTATIONS:
             return self._forward_dynamic(
                 input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, output_hidden_states
@@ -440,14 +457,15 @@ class DynMaskModel(DynMaskPreTrainedModel):
     # -- the three paths -------------------------------------------------------------------------------------------
 
     def _forward_static(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, output_hidden):
-        """Every position computed, padding included; ``attention_mask`` ``(B, T)`` is validated by the caller."""
+        """Every position computed, padding included; the inputs are validated by the caller."""
         real = attention_mask.bool()
-        if not bool(real.any(dim=1).all()):
-            raise ValueError("a row of attention_mask has no real token; drop empty examples before batching")
         if position_ids is None:
             # Positions restart at every sequence's first real token, so left and right padding agree.
             position_ids = (real.long().cumsum(1) - 1).clamp(min=0) + self.config.position_start
-        self._check_positions(position_ids[real])
+        if inputs_embeds is not None:
+            # Padding is computed here but never attended to; zeros keep a non-finite value there (which the
+            # dynamic path never reads) from reaching real tokens through the attention's values.
+            inputs_embeds = inputs_embeds.masked_fill(~real[..., None], 0.0)
         hidden = self.embeddings(input_ids, inputs_embeds, position_ids, token_type_ids)
         batch = EncoderBatch(packed=False, attention_mask=self._padded_mask(real, hidden.dtype))
         hidden, all_hidden = self.encoder(hidden, batch, output_hidden)
@@ -492,17 +510,19 @@ class DynMaskModel(DynMaskPreTrainedModel):
                 "attention_mask, or use the dynamic-padding collator instead of the packed one"
             )
         num_tokens = reference.shape[1]
-        bounds = cu_seqlens.tolist() if cu_seqlens.dim() == 1 else None  # the one host sync of these checks
-        if not bounds or bounds[0] != 0 or bounds[-1] != num_tokens:
-            raise ValueError(
-                f"cu_seq_lens_q must be 1-D, start at 0 and end at the row's {num_tokens} tokens, got "
-                f"{cu_seqlens.tolist()[:8]}..."
-            )
+        # The one host read of these checks: the boundaries, with the token id ranges.
+        bounds = read_packed_boundaries(self.config, cu_seqlens, num_tokens, input_ids, token_type_ids)
         lens = [end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
-        if min(lens) < 1:
-            raise ValueError("cu_seq_lens_q must be strictly increasing: every packed sequence needs >= 1 token")
         cu_seqlens = cu_seqlens.to(torch.int32)
         squeeze = lambda t: None if t is None else t[0]  # noqa: E731
+        if position_ids is not None and not torch.equal(
+            position_ids[0], position_ids_from_cu_seqlens(cu_seqlens, self.config.position_start)
+        ):
+            raise ValueError(
+                "position_ids do not restart at each sequence of the packed batch at "
+                f"config.position_start={self.config.position_start}; build the batch with hf_dynmask's packed "
+                "collator (position_start=config.position_start) or leave position_ids out"
+            )
         hidden, first_token_state, all_hidden = self._run_packed(
             squeeze(input_ids),
             squeeze(inputs_embeds),
@@ -520,17 +540,12 @@ class DynMaskModel(DynMaskPreTrainedModel):
     def _run_packed(
         self, input_ids, inputs_embeds, token_type_ids, position_ids, cu_seqlens, max_seqlen, output_hidden
     ):
-        """Embeddings + encoder over ``N`` packed tokens. Returns ``(N, h)``, ``(S, h)`` first tokens, all hidden."""
-        expected = position_ids_from_cu_seqlens(cu_seqlens, self.config.position_start)
+        """Embeddings + encoder over ``N`` packed tokens. Returns ``(N, h)``, ``(S, h)`` first tokens, all hidden.
+
+        ``position_ids`` ``(N,)`` were checked by the caller; ``None`` numbers each sequence from
+        ``config.position_start``."""
         if position_ids is None:
-            position_ids = expected
-        elif not torch.equal(position_ids, expected):
-            raise ValueError(
-                "position_ids do not restart at each sequence of the packed batch at "
-                f"config.position_start={self.config.position_start}; build the batch with hf_dynmask's packed "
-                "collator (position_start=config.position_start) or leave position_ids out"
-            )
-        self._check_positions(position_ids)
+            position_ids = position_ids_from_cu_seqlens(cu_seqlens, self.config.position_start)
         hidden = self.embeddings(input_ids, inputs_embeds, position_ids, token_type_ids)  # (N, h)
         batch = self._packed_batch(cu_seqlens, max_seqlen, hidden.device)
         hidden, all_hidden = self.encoder(hidden, batch, output_hidden)
@@ -547,14 +562,6 @@ class DynMaskModel(DynMaskPreTrainedModel):
             hidden_states=None if all_hidden is None else tuple(all_hidden),
             first_token_state=first_token_state,
         )
-
-    def _check_positions(self, position_ids: torch.Tensor) -> None:
-        if position_ids.numel() and int(position_ids.max()) >= self.config.max_position_embeddings:
-            raise ValueError(
-                f"a sequence is longer than the model can number: position {int(position_ids.max())} >= "
-                f"max_position_embeddings={self.config.max_position_embeddings} (at most {self.config.max_seqlen} "
-                "tokens per sequence); truncate at tokenization (truncation=True, max_length=...)"
-            )
 
     def _padded_mask(self, real: torch.Tensor, dtype: torch.dtype):
         """The ``(B, T)`` padding mask in the form the backend takes (see :class:`EncoderBatch`)."""
@@ -586,24 +593,6 @@ class DynMaskModel(DynMaskPreTrainedModel):
             return EncoderBatch(True, cu_seqlens, max_seqlen)
         ratio = 0.0 if name == "eager" else self.config.varlen_bucket_ratio
         return EncoderBatch(True, cu_seqlens, max_seqlen, plan=plan_varlen(cu_seqlens, bucket_ratio=ratio))
-
-
-def _reject_unmarked_packing(position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:
-    """Refuse a flattened batch whose boundaries are only implied by restarting ``position_ids``.
-
-    transformers' encoder mask ignores ``position_ids``, so such a row would silently attend across sequences.
-    hf_dynmask never guesses boundaries; it asks for them.
-    """
-    if position_ids is None or position_ids.shape[-1] < 2:
-        return
-    if bool((position_ids[..., 1:] < position_ids[..., :-1]).any()):
-        if attention_mask is None or bool(attention_mask.bool().all()):
-            raise ValueError(
-                "position_ids restart inside a row but no sequence boundaries were given: this looks like a packed "
-                "batch. Pass cu_seq_lens_q (or seq_idx), e.g. with hf_dynmask.make_collator(..., mode='packed') or "
-                "DataCollatorWithFlattening(return_flash_attn_kwargs=True); otherwise sequences would attend to "
-                "each other"
-            )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -696,6 +685,8 @@ class DynMaskForMaskedLM(_DynMaskLMBase):
         **kwargs,
     ) -> MaskedLMOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        if labels is not None:
+            check_token_labels(labels, self.config.vocab_size, "the vocabulary, config.vocab_size", num_items_in_batch)
         outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
         logits, loss_logits, loss_labels, _ = self._per_token(outputs, self._lm_head, labels)  # (B, T, V) / (1, N, V)
         loss = None
@@ -729,6 +720,8 @@ class DynMaskForCausalLM(_DynMaskLMBase):
         **kwargs,
     ) -> CausalLMOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        if labels is not None:
+            check_token_labels(labels, self.config.vocab_size, "the vocabulary, config.vocab_size", num_items_in_batch)
         outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
         logits, loss_logits, _, shift_labels = self._per_token(outputs, self._lm_head, labels, shift=True)
         loss = None
@@ -785,6 +778,8 @@ class DynMaskForSequenceClassification(DynMaskPreTrainedModel):
         **kwargs,
     ) -> SequenceClassifierOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        if labels is not None:
+            check_sequence_labels(self.config, labels, num_items_in_batch)
         outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
         if self.config.head_style == "roberta":
             logits = self.classifier(outputs.first_token_state)
@@ -835,6 +830,8 @@ class DynMaskForTokenClassification(DynMaskPreTrainedModel):
         **kwargs,
     ) -> TokenClassifierOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        if labels is not None:
+            check_token_labels(labels, self.num_labels, "config.num_labels", num_items_in_batch)
         outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
         if labels is not None and labels.shape != outputs.last_hidden_state.shape[:-1]:
             raise ValueError(
@@ -881,6 +878,8 @@ class DynMaskForQuestionAnswering(DynMaskPreTrainedModel):
         **kwargs,
     ) -> QuestionAnsweringModelOutput:
         kwargs.pop("num_items_in_batch", None)
+        if (start_positions is None) != (end_positions is None):
+            raise ValueError("pass both start_positions and end_positions (the answer span), or neither")
         outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
         logits = self.qa_outputs(outputs.last_hidden_state)  # (B, T, 2) or (1, N, 2)
         cu_seqlens = kwargs.get("cu_seq_lens_q")
@@ -889,10 +888,16 @@ class DynMaskForQuestionAnswering(DynMaskPreTrainedModel):
         min_value = torch.finfo(logits.dtype).min
         if cu_seqlens is not None:
             logits = repad(logits[0], pad_index_from_cu_seqlens(cu_seqlens), pad_value=min_value)  # (S, L, 2)
+            if start_positions is not None:
+                lens = cu_seqlens[1:] - cu_seqlens[:-1]  # (S,)
+                check_answer_positions(start_positions, end_positions, torch.zeros_like(lens), lens, logits.shape[1])
         else:
             reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
             real = torch.ones_like(reference, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
             logits = logits.masked_fill(~real[..., None], min_value)
+            if start_positions is not None:
+                first = real.long().argmax(dim=1)  # (B,) the left padding of each row
+                check_answer_positions(start_positions, end_positions, first, real.sum(dim=1), real.shape[1])
         start_logits, end_logits = logits.unbind(dim=-1)
         loss = None
         if start_positions is not None and end_positions is not None:

@@ -3,9 +3,9 @@
 A folder written by :func:`save_with_code` holds what ``save_pretrained`` writes (weights, ``config.json``) plus:
 
 - the model-side modules: ``modeling_dynmask.py`` and every sibling it imports relatively, recursively
-  (``configuration_dynmask.py``, ``attention.py``, ``families.py``, ``masks.py``, ``layout.py``), copied by
-  transformers' own :func:`~transformers.dynamic_module_utils.custom_object_save`, so the copy follows the rules
-  transformers uses to load them back;
+  (``configuration_dynmask.py``, ``input_checks.py``, ``attention.py``, ``families.py``, ``masks.py``,
+  ``layout.py``), copied by transformers' own :func:`~transformers.dynamic_module_utils.custom_object_save`, so the
+  copy follows the rules transformers uses to load them back;
 - an ``auto_map`` in ``config.json`` naming every Auto class the family supports (``AutoConfig``, ``AutoModel``,
   ``AutoModelForMaskedLM``, ``AutoModelForCausalLM``, ``AutoModelForSequenceClassification``,
   ``AutoModelForTokenClassification``, ``AutoModelForQuestionAnswering``), where ``register_for_auto_class`` +
@@ -35,7 +35,7 @@ import importlib.metadata
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -110,16 +110,20 @@ def _full_auto_map(model: PreTrainedModel) -> Iterator[dict[str, str]]:
             del config.auto_map
 
 
-def check_shipped_code(directory: str | Path) -> tuple[str, ...]:
-    """Check that the ``.py`` files in ``directory`` load with only torch and transformers installed.
+def check_shipped_code(directory: str | Path, files: Iterable[str] | None = None) -> tuple[str, ...]:
+    """Check that the ``.py`` files in ``directory`` (or only ``files``, names in it) load with only torch and
+    transformers installed.
 
     Every import must be of the standard library, torch, transformers, or ``from .sibling import ...`` with
-    ``sibling.py`` present in ``directory`` (the only relative form transformers copies and caches). Imports inside
+    ``sibling.py`` among the checked files (the only relative form transformers copies and caches). Imports inside
     functions and ``TYPE_CHECKING`` blocks count too. Returns the sorted file names; raises ``ValueError`` listing
     every offending import.
     """
     directory = Path(directory)
-    files = sorted(path.name for path in directory.glob("*.py"))
+    if files is None:
+        files = sorted(path.name for path in directory.glob("*.py"))
+    else:
+        files = sorted(set(files))
     problems = []
     for name in files:
         source = (directory / name).read_text(encoding="utf-8")
@@ -158,9 +162,12 @@ def save_with_code(
 ) -> SavedModel:
     """``model.save_pretrained(save_directory, **save_kwargs)`` plus the model's code and the complete ``auto_map``.
 
+    Only the shipped files are checked (:func:`check_shipped_code`): other files already in the folder are left
+    alone, whatever they import.
+
     Args:
         model: a DynMask model (``DynMaskModel`` or one of its heads).
-        save_directory: created if needed.
+        save_directory: a folder, created if needed (not a file).
         tokenizer: optional tokenizer (or processor) saved in the same folder, so one path loads both.
         save_kwargs: passed to ``save_pretrained`` (``max_shard_size``, ``is_main_process``, ``state_dict``...);
             not ``push_to_hub`` (use :func:`push_to_hub_with_code`, which uploads the code too).
@@ -171,15 +178,19 @@ def save_with_code(
             "save_with_code(push_to_hub=True) would upload before the code is copied; use push_to_hub_with_code"
         )
     directory = Path(save_directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(
+            f"save_directory {str(directory)!r} is a file; pass a folder path (it is created if missing)"
+        )
     with _full_auto_map(model) as entries:
         model.save_pretrained(directory, **save_kwargs)
     if not save_kwargs.get("is_main_process", True):
         return SavedModel(directory, (), entries)
     # Copies the model's module file and, recursively, every relative import (configuration_dynmask.py among them).
-    custom_object_save(model, directory)
+    shipped = [Path(path).name for path in custom_object_save(model, directory)]
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
-    return SavedModel(directory, check_shipped_code(directory), entries)
+    return SavedModel(directory, check_shipped_code(directory, shipped), entries)
 
 
 def _library_version() -> str:

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from ..data.mlm import IGNORE_INDEX
+from ..modeling.configuration_dynmask import did_you_mean
 from .metrics.accuracy.accuracy import accuracy_score
 from .metrics.f1.f1 import AVERAGES, f1_score
 from .metrics.seqeval.seqeval import entity_scores
@@ -78,6 +79,11 @@ PACKED_TOKEN_LABEL_NAMES: tuple[str, ...] = ("labels", "seq_idx")
 TokenTask = Literal["ner", "pos"]
 TOKEN_TASKS: tuple[str, ...] = typing.get_args(TokenTask)
 ComputeMetrics = Callable[[Any], dict[str, float]]
+
+_NOTHING_TO_SCORE = (
+    "no labelled example to score: the evaluation set is empty or every label is -100; check eval_dataset and, for "
+    "packed token classification, label_names=eval_label_names(task, mode)"
+)
 
 
 class TokenExample(NamedTuple):
@@ -218,13 +224,16 @@ def sequence_classification_metrics(average: str = "macro") -> ComputeMetrics:
     packed batches both give one row per example, so the two layouts need nothing different.
     """
     if average not in AVERAGES or average is None:
-        raise ValueError(f"average must be one of {[a for a in AVERAGES if a]}, got {average!r}")
+        choices = [a for a in AVERAGES if a]
+        raise ValueError(f"average must be one of {choices}, got {average!r}{did_you_mean(average, choices)}")
 
     def compute_metrics(eval_pred: Any) -> dict[str, float]:
         labels = _flat_rows(eval_pred.label_ids).reshape(-1)
         logits = _flat_rows(eval_pred.predictions)
         ids = _class_ids(logits, labels)
         keep = labels != IGNORE_INDEX
+        if not keep.any():
+            raise ValueError(_NOTHING_TO_SCORE)
         return {
             "accuracy": accuracy_score(ids[keep], labels[keep]),
             "f1": f1_score(ids[keep], labels[keep], average=average),
@@ -245,7 +254,7 @@ def token_classification_metrics(
         per_type: NER only: also ``"<TYPE>_precision"`` / ``_recall`` / ``_f1`` / ``_number`` per entity type.
     """
     if task not in TOKEN_TASKS:
-        raise ValueError(f"task must be one of {list(TOKEN_TASKS)}, got {task!r}")
+        raise ValueError(f"task must be one of {list(TOKEN_TASKS)}, got {task!r}{did_you_mean(task, TOKEN_TASKS)}")
     names = list(label_names)
     if not names:
         raise ValueError(
@@ -259,10 +268,12 @@ def token_classification_metrics(
 
     def compute_metrics(eval_pred: Any) -> dict[str, float]:
         examples = per_example_tokens(eval_pred.predictions, eval_pred.label_ids)
+        if not examples:
+            raise ValueError(_NOTHING_TO_SCORE)
         if task == "pos":
             correct = sum(int((ex.predictions == ex.labels).sum()) for ex in examples)
             total = sum(ex.labels.size for ex in examples)
-            return {"accuracy": correct / total if total else 0.0}
+            return {"accuracy": correct / total}
         scores = entity_scores([to_tags(ex.predictions) for ex in examples], [to_tags(ex.labels) for ex in examples])
         result = {
             "precision": scores["overall_precision"],
@@ -368,6 +379,8 @@ def question_answering_metrics(
     ``(start_logits, end_logits)``, each ``(R, L)``; the answer of each row is :func:`best_span` over its context
     tokens, so the Trainer's ``-100`` padding never wins. Returns SQuAD ``{"exact_match", "f1"}`` in percent.
     """
+    if len(contexts) == 0:
+        raise ValueError("no evaluation examples: give the context, offset mapping and references of each question")
     if not len(contexts) == len(offset_mappings) == len(references):
         raise ValueError(
             f"got {len(contexts)} contexts, {len(offset_mappings)} offset mappings and {len(references)} references; "

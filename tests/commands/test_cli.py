@@ -19,7 +19,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import BertConfig, BertModel
 
-from hf_dynmask.commands.atomic import atomic_path, write_json
 from hf_dynmask.commands.cli import CommandError, load_texts, main
 from hf_dynmask.commands.demo import train_tokenizer
 from hf_dynmask.commands.padding_waste import padding_waste
@@ -346,33 +345,6 @@ def test_load_texts_formats(tmp_path):
     with pytest.raises(CommandError, match="unknown file type"):
         (tmp_path / "a.xml").write_text("<a/>")
         load_texts(str(tmp_path / "a.xml"))
-
-
-# -- atomic outputs --------------------------------------------------------------------------------------------------
-
-
-def test_atomic_path_keeps_old_file_and_leaves_nothing_on_failure(tmp_path):
-    target = tmp_path / "out.json"
-    write_json(target, {"old": True})
-    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
-        tmp.write_text('{"half": ')
-        raise RuntimeError("crash while writing")
-    assert json.loads(target.read_text()) == {"old": True}
-    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
-
-
-def test_atomic_path_replaces_a_directory(tmp_path):
-    target = tmp_path / "model"
-    for content in ("first", "second"):
-        with atomic_path(target) as tmp:
-            tmp.mkdir()
-            (tmp / "weights").write_text(content)
-    assert (target / "weights").read_text() == "second"
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]
-    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
-        tmp.mkdir()
-        raise RuntimeError
-    assert (target / "weights").read_text() == "second" and [p.name for p in tmp_path.iterdir()] == ["model"]
 
 
 # -- padding arithmetic ----------------------------------------------------------------------------------------------

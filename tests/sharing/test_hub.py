@@ -46,6 +46,7 @@ CODE_FILES = (
     "attention.py",
     "configuration_dynmask.py",
     "families.py",
+    "input_checks.py",
     "layout.py",
     "masks.py",
     "modeling_dynmask.py",

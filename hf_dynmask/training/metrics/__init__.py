@@ -26,6 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...modeling.configuration_dynmask import did_you_mean
+
 if TYPE_CHECKING:
     import evaluate
 
@@ -41,9 +43,11 @@ _FALLBACK_MODULES_NAME = "hf_dynmask_evaluate_modules"
 def metric_path(name: str) -> Path:
     """The script of the shipped metric ``name`` (``.../metrics/<name>/<name>.py``)."""
     if name not in METRIC_NAMES:
+        hint = did_you_mean(name, METRIC_NAMES).removeprefix("; ")
         raise ValueError(
-            f"unknown metric {name!r}; hf_dynmask ships {list(METRIC_NAMES)}. For another metric use "
-            "evaluate.load('/path/to/script.py') with a local script (the Hub is not reachable offline)"
+            f"unknown metric {name!r}{f' ({hint})' if hint else ''}; hf_dynmask ships {list(METRIC_NAMES)}. For "
+            "another metric use evaluate.load('/path/to/script.py') with a local script (the Hub is not reachable "
+            "offline)"
         )
     return _HERE / name / f"{name}.py"
 

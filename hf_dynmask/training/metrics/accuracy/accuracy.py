@@ -62,6 +62,8 @@ def accuracy_score(
     ref = np.asarray(references).reshape(-1)
     if pred.shape != ref.shape:
         raise ValueError(f"got {pred.size} predictions for {ref.size} references; give one prediction per reference")
+    if ref.size == 0:
+        raise ValueError("no predictions to score; give at least one prediction and its reference")
     weight = np.ones(ref.shape, dtype=np.float64) if sample_weight is None else np.asarray(sample_weight, np.float64)
     if weight.shape != ref.shape:
         raise ValueError(f"sample_weight has {weight.size} values for {ref.size} references; give one per example")

@@ -170,6 +170,8 @@ def entity_scores(
         actual.update((i, chunk) for chunk in entity_chunks(ref_tags, mode))
         right_tokens += sum(p == r for p, r in zip(pred_tags, ref_tags, strict=True))
         total_tokens += len(ref_tags)
+    if total_tokens == 0:
+        raise ValueError("no tags to score; give at least one sentence with at least one tag")
     correct = predicted & actual
     count_pred = Counter(chunk.type for _, chunk in predicted)
     count_true = Counter(chunk.type for _, chunk in actual)
