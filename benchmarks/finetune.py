@@ -366,22 +366,36 @@ def train_mode(args, *, mode, model_dir, tokenizer, train_set, eval_set, compute
     )
     if args.output_dir is not None:
         from hf_dynmask.sharing.hub import save_with_code
-        from hf_dynmask.sharing.model_card import TrainingSummary, write_model_card
+        from hf_dynmask.sharing.model_card import write_model_card
 
         save_with_code(trainer.model, output_dir, tokenizer=tokenizer)  # the card promises the code is there
-        scores = {f"eval_{k}": v for k, v in result["eval"].items()}
-        summary = TrainingSummary.from_totals(
-            {**totals, "train_runtime": result["train_seconds"], **scores},
-            eval_dataset=task.data,
-            model_name=f"minilm-dynmask-{args.task}-{mode}",
-            task=task.collator_task,
-            mode=mode,
-            masking=config.masking,
-            base_model=BASE_MODEL,
-            datasets=(task.data,),
-        )
-        write_model_card(output_dir, summary)
+        write_model_card(output_dir, card_summary(args.task, result))
     return result
+
+
+def card_summary(task_name: str, result: dict[str, Any]):
+    """The model card's ``TrainingSummary`` of one DynMask mode's result (as stored in the JSON)."""
+    from hf_dynmask.sharing.model_card import TrainingSummary
+
+    task, mode = TASKS[task_name], result["mode"]
+    totals = {
+        "real_tokens": result["real_tokens"],
+        "padded_tokens": result["padded_tokens"],
+        "train_runtime": result["train_seconds"],
+        "train_steps": result["train_steps"],
+        "train_loss": result["train_loss"],
+        **{f"eval_{k}": v for k, v in result["eval"].items()},
+    }
+    return TrainingSummary.from_totals(
+        totals,
+        eval_dataset=task.data,
+        model_name=f"minilm-dynmask-{task_name}-{mode}",
+        task=task.collator_task,
+        mode=mode,
+        masking="static" if mode == "static" else "dynamic",
+        base_model=BASE_MODEL,
+        datasets=(task.data,),
+    )
 
 
 def train_hf_grouped(args, model_dir, tokenizer, train_set, eval_set, compute_metrics, labels, output_dir):

@@ -7,7 +7,10 @@ Reads ``benchmarks/results/finetune_<task>.json`` (``finetune.py``) and ``benchm
     finetune_time.png     training time per mode and task, with the speed-up against HF group_by_length
     mlm_masking.png       held-out MLM loss per epoch (fixed masks) and training loss, static vs dynamic masking
 
-    python benchmarks/report_finetune.py [--results benchmarks/results] [--no-plots]
+    python benchmarks/report_finetune.py [--results benchmarks/results] [--no-plots] [--model-cards model_cards]
+
+With ``--model-cards DIR`` it also writes the model cards of the banking77 fine-tunes (static and packed) from their
+committed results, as ``finetune.py --output-dir`` writes them next to the saved models.
 """
 
 from __future__ import annotations
@@ -206,10 +209,25 @@ def plot_mlm(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def write_cards(report: dict[str, Any], directory: Path, modes: tuple[str, ...] = ("static", "packed")) -> None:
+    import sys
+
+    from hf_dynmask.sharing.model_card import make_model_card
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import finetune
+
+    task = report["settings"]["task"]
+    for mode in modes:
+        summary = finetune.card_summary(task, report["results"][mode])
+        make_model_card(summary).save(directory / f"{summary.model_name}.md")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--model-cards", type=Path, default=None, help="write the banking77 cards into this folder")
     args = parser.parse_args(argv)
     reports = load(args.results)
     for task, report in reports.items():
@@ -224,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
             plot_time(reports, args.results / "finetune_time.png")
         if mlm is not None:
             plot_mlm(mlm, args.results / "mlm_masking.png")
+    if args.model_cards is not None and "banking77" in reports:
+        write_cards(reports["banking77"], args.model_cards)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def finetune():
 
 
 TASK_OPTIONS = {
-    "banking77": [],
+    "banking77": ["--output-dir", "{tmp}/models"],
     "ud_pos": [],
     "wnut17": [],
     "squad": ["--max-length", "64", "--doc-stride", "16"],
@@ -64,6 +64,7 @@ def test_finetune_every_mode(finetune, tiny_bert, tmp_path, task):
     out = tmp_path / "result.json"
     argv = ["--task", task, "--modes", ",".join(finetune.MODES), "--model-dir", tiny_bert, "--max-examples", "8"]
     argv += ["--eval-examples", "4", "--epochs", "1", "--batch-size", "4", "--json", str(out), *TASK_OPTIONS[task]]
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     report = finetune.main(argv)
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     assert report["command"] == "python benchmarks/finetune.py " + " ".join(argv)
@@ -86,6 +87,11 @@ def test_finetune_every_mode(finetune, tiny_bert, tmp_path, task):
     if task == "squad":
         assert report["data"]["train_features"] > report["data"]["train_examples"]  # contexts split into windows
     assert set(report["score_spread_points"]) == set(report["metrics"])
+    if "--output-dir" in argv:  # each DynMask mode's model saved with its code and a card of the measured run
+        for mode in ("static", "dynamic", "packed"):
+            card = (tmp_path / "models" / mode / "README.md").read_text()
+            assert f"minilm-dynmask-{task}-{mode}" in card and f"{results[mode]['real_tokens']:,}" in card
+            assert (tmp_path / "models" / mode / "config.json").exists()
 
 
 def test_finetune_recipe_is_the_default(finetune):
