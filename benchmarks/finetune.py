@@ -112,7 +112,7 @@ TASKS = {
 }
 # Chosen with one packed run per task on the full data, evaluated every epoch (BENCHMARKS.md has the curves):
 # banking77 2e-4 x 6 epochs: 75.1 88.5 91.7 92.3 93.2 92.8% (1e-4 x 3: 86.2%); wnut17 2e-4 x 8: F1 44.6 54.8 56.0 56.8
-# 57.2 55.1 ... (eval loss rising from epoch 3); ud_pos 2e-4 x 3: 95.7 96.3 96.5%; squad 1e-4 x 3: F1 38.1 51.6 ...
+# 57.2 55.1 ... (eval loss rising from epoch 3); ud_pos 2e-4 x 3: 95.7 96.3 96.5%; squad 1e-4 x 3: F1 38.1 51.6 55.7
 # Max length: the shortest multiple of 32 that keeps >= 99.5% of the training examples whole (squad: windows).
 RECIPES = {
     "banking77": Recipe(max_length=64, epochs=4, learning_rate=2e-4),
