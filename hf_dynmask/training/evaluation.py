@@ -370,37 +370,58 @@ def question_answering_metrics(
     offset_mappings: Sequence[Sequence[tuple[int, int] | None]],
     references: Sequence[Sequence[str]],
     max_answer_len: int = 30,
+    example_index: Sequence[int] | None = None,
 ) -> ComputeMetrics:
-    """``compute_metrics`` for extractive QA with one feature per question (no document stride).
+    """``compute_metrics`` for extractive QA: one feature per question, or several windows (document stride).
 
-    ``contexts[i]``, ``offset_mappings[i]`` (``None`` for non-context tokens) and ``references[i]`` describe the
-    ``i``-th evaluation example, in evaluation order (use a sequential sampler). Each row of logits must start at
-    its example's first token, as in packed mode and with right padding (not left padding). Predictions are
-    ``(start_logits, end_logits)``, each ``(R, L)``; the answer of each row is :func:`best_span` over its context
-    tokens, so the Trainer's ``-100`` padding never wins. Returns SQuAD ``{"exact_match", "f1"}`` in percent.
+    ``contexts[i]`` and ``offset_mappings[i]`` (``None`` for non-context tokens) describe the ``i``-th evaluation
+    feature, in evaluation order (use a sequential sampler). Each row of logits must start at its feature's first
+    token, as in packed mode and with right padding (not left padding). Predictions are ``(start_logits,
+    end_logits)``, each ``(R, L)``; the answer of each row is :func:`best_span` over its context tokens, so the
+    Trainer's ``-100`` padding never wins.
+
+    Without ``example_index`` every feature is one question and ``references[i]`` are its answers. With it
+    (``prepare_dataset(..., doc_stride=...)`` makes the column), ``example_index[i]`` is the question of feature
+    ``i``, numbered ``0 .. len(references) - 1``; a question's answer is the best-scoring span (start + end logit)
+    over its windows, as transformers' ``run_qa.py`` post-processing picks it. Returns SQuAD ``{"exact_match",
+    "f1"}`` in percent over the questions.
     """
     if len(contexts) == 0:
         raise ValueError("no evaluation examples: give the context, offset mapping and references of each question")
-    if not len(contexts) == len(offset_mappings) == len(references):
+    if example_index is None:
+        if not len(contexts) == len(offset_mappings) == len(references):
+            raise ValueError(
+                f"got {len(contexts)} contexts, {len(offset_mappings)} offset mappings and {len(references)} "
+                "references; give one of each per evaluation example (or example_index= for windows)"
+            )
+        example_index = range(len(contexts))
+    elif not len(contexts) == len(offset_mappings) == len(example_index):
         raise ValueError(
-            f"got {len(contexts)} contexts, {len(offset_mappings)} offset mappings and {len(references)} references; "
-            "give one of each per evaluation example"
+            f"got {len(contexts)} contexts, {len(offset_mappings)} offset mappings and {len(example_index)} example "
+            "indices; give one of each per evaluation feature (window)"
         )
+    elif sorted(set(example_index)) != list(range(len(references))):
+        raise ValueError(
+            f"example_index must number the questions 0 .. {len(references) - 1} (one reference list each), every "
+            "question with at least one feature; select the evaluation rows before prepare_dataset"
+        )
+    questions = list(example_index)
 
     def compute_metrics(eval_pred: Any) -> dict[str, float]:
         batches = _batches(eval_pred.predictions)
         starts = np.concatenate([_pad_rows(_as_numpy(b[0]), _width(batches)) for b in batches])
         ends = np.concatenate([_pad_rows(_as_numpy(b[1]), _width(batches)) for b in batches])
         if starts.shape[0] != len(contexts):
-            raise ValueError(f"got {starts.shape[0]} predictions for {len(contexts)} examples")
-        texts = []
-        for row, (context, offsets) in enumerate(zip(contexts, offset_mappings, strict=True)):
+            raise ValueError(f"got {starts.shape[0]} predictions for {len(contexts)} features")
+        best: dict[int, tuple[float, str]] = {}
+        for row, (context, offsets, question) in enumerate(zip(contexts, offset_mappings, questions, strict=True)):
             allowed = np.zeros(starts.shape[1], dtype=bool)
             context_tokens = [k for k, o in enumerate(offsets) if o is not None and k < starts.shape[1]]
             allowed[context_tokens] = True
             span = best_span(starts[row], ends[row], max_answer_len, allowed=allowed)
-            texts.append(answer_text(span, offsets, context))
-        return squad_scores(texts, references)
+            if question not in best or span.score > best[question][0]:
+                best[question] = (span.score, answer_text(span, offsets, context))
+        return squad_scores([best[q][1] for q in range(len(references))], references)
 
     return compute_metrics
 

@@ -98,6 +98,74 @@ def test_question_answering_answer_cut_off_points_at_cls(minilm_tokenizer):
     assert cut and all(ex["end_positions"] == 0 for ex in prepared if ex["start_positions"] == 0)
 
 
+def test_question_answering_doc_stride_windows(minilm_tokenizer):
+    rows = read_jsonl("squad_v1", split="train", limit=40)
+    max_length, stride = 64, 24
+    prepared = prepare_dataset(
+        datasets.Dataset.from_list(rows),
+        minilm_tokenizer,
+        "question-answering",
+        max_length=max_length,
+        doc_stride=stride,
+        batch_size=7,  # questions split across map batches: example_index must stay global
+    )
+    assert set(prepared.column_names) == {
+        "input_ids",
+        "token_type_ids",
+        "start_positions",
+        "end_positions",
+        "example_index",
+        "length",
+    }
+    index = prepared["example_index"]
+    assert index == sorted(index) and sorted(set(index)) == list(range(len(rows)))
+    assert len(prepared) > len(rows) and max(prepared["length"]) == max_length
+    reference = minilm_tokenizer(
+        [r["question"].lstrip() for r in rows],
+        [r["context"] for r in rows],
+        truncation="only_second",
+        max_length=max_length,
+        stride=stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+    )
+    assert prepared["input_ids"] == reference["input_ids"]
+    assert index == reference["overflow_to_sample_mapping"]
+    holding = set()
+    for i, example in enumerate(prepared):
+        start, end = example["start_positions"], example["end_positions"]
+        if start == 0:
+            assert end == 0
+            continue
+        answers = rows[example["example_index"]]["answers"]
+        char_start = answers["answer_start"][0]
+        char_end = char_start + len(answers["text"][0])
+        offsets = reference["offset_mapping"][i]
+        # the smallest token span covering the answer's characters, inside the context
+        assert offsets[start][0] <= char_start < offsets[start][1] and offsets[end][0] < char_end <= offsets[end][1]
+        assert example["token_type_ids"][start] == example["token_type_ids"][end] == 1
+        holding.add(example["example_index"])
+    assert len(holding) >= 35  # short answers fit a window; truncating at 64 tokens would keep far fewer
+    truncated = prepare_dataset(
+        datasets.Dataset.from_list(rows), minilm_tokenizer, "question-answering", max_length=max_length
+    )
+    assert sum(s != 0 for s in truncated["start_positions"]) < len(holding)
+
+
+@pytest.mark.parametrize(
+    ("task", "kwargs", "match"),
+    [
+        ("sequence-classification", {"max_length": 64, "doc_stride": 16}, "question-answering only"),
+        ("question-answering", {"doc_stride": 16}, "needs max_length"),
+        ("question-answering", {"max_length": 64, "doc_stride": 64}, "doc_stride < max_length"),
+    ],
+)
+def test_doc_stride_errors(minilm_tokenizer, task, kwargs, match):
+    rows = datasets.Dataset.from_list([{"text": "x", "question": "q", "context": "c", "answers": None}])
+    with pytest.raises(ValueError, match=match):
+        prepare_dataset(rows, minilm_tokenizer, task, **kwargs)
+
+
 def test_language_modelling_and_seq2seq_columns(minilm_tokenizer):
     texts = datasets.Dataset.from_list([{"text": "a short text"}, {"text": "another, longer text here"}])
     mlm = prepare_dataset(texts, minilm_tokenizer, "masked-lm")

@@ -564,3 +564,20 @@ def test_question_answering_metrics_over_uneven_batches():
     assert answer_text(Span(3, 4, 0.0), offsets[0], contexts[0]) == "the tower"
     with pytest.raises(ValueError, match="outside the context"):
         answer_text(Span(0, 4, 0.0), offsets[0], contexts[0])
+
+
+def test_question_answering_metrics_best_window_wins():
+    # question 0 has two windows; its answer is the better-scoring span of the two. Question 1 has one window.
+    contexts = ["alpha beta gamma", "alpha beta gamma", "in Paris"]
+    offsets = [[None, None, (0, 5), (6, 10)], [None, None, (6, 10), (11, 16)], [None, None, (0, 2), (3, 8)]]
+    starts = np.array([[9.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 3.0], [0.0, 0.0, 0.0, 2.0]])
+    ends = np.array([[9.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 3.0], [0.0, 0.0, 0.0, 2.0]])
+    prediction = EvalPrediction(predictions=(starts, ends), label_ids=None)
+    compute = question_answering_metrics(contexts, offsets, [["gamma"], ["Paris"]], example_index=[0, 0, 1])
+    assert compute(prediction) == {"exact_match": 100.0, "f1": 100.0}
+    starts[0, 2] = ends[0, 2] = 4.0  # now the first window's "alpha" (score 8) beats "gamma" (score 6)
+    assert compute(prediction) == {"exact_match": 50.0, "f1": 50.0}
+    with pytest.raises(ValueError, match="per evaluation feature"):
+        question_answering_metrics(contexts, offsets, [["gamma"], ["Paris"]], example_index=[0, 1])
+    with pytest.raises(ValueError, match="number the questions"):
+        question_answering_metrics(contexts, offsets, [["gamma"], ["Paris"]], example_index=[0, 0, 2])

