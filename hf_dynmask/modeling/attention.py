@@ -98,7 +98,10 @@ def _bounds(cu_seqlens: torch.Tensor, name: str) -> list[int]:
 
 
 def plan_varlen(
-    cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor | None = None, bucket_ratio: float = 0.8
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor | None = None,
+    bucket_ratio: float = 0.8,
+    static_structure: bool = False,
 ) -> VarlenPlan:
     """Group the sequences of a packed batch by length for :func:`varlen_attention`.
 
@@ -110,6 +113,10 @@ def plan_varlen(
     Args:
         cu_seqlens_q: int32 ``(S + 1,)``, starting at 0: the queries' boundaries.
         cu_seqlens_k: int32 ``(S + 1,)``: the keys' boundaries; None (or the same tensor) for self-attention.
+        static_structure: fill every optional tensor of the plan (``q_real_slots``, ``q_real``, ``key_allowed``,
+            ``inverse``) even where it would be a no-op, so that batches of any lengths give plans of the same
+            structure; with ``bucket_ratio=0.0`` (one group) ``torch.compile`` then reuses one graph for every batch
+            instead of recompiling whenever the lengths happen to be equal or already sorted.
 
     Lengths [3, 10, 2, 9]: the two long ones share a padded (2, 10) block, the short ones a (2, 3) block.
 
@@ -157,7 +164,7 @@ def plan_varlen(
             k_gather, k_real = q_gather, q_real
         else:
             k_gather, k_real = _block(bounds_k, lens_k, members, device)
-        q_all_real = bool(q_real.all())
+        q_all_real = bool(q_real.all()) and not static_structure
         q_real_slots = None if q_all_real else torch.nonzero(q_real.reshape(-1)).flatten()
         gathered_real.append(q_gather if q_real_slots is None else q_gather[q_real_slots])
         offsets = [lens_k[s] - lens_q[s] for s in members]
@@ -170,7 +177,7 @@ def plan_varlen(
                 k_gather=k_gather,
                 q_real_slots=q_real_slots,
                 q_real=None if q_all_real else q_real,
-                key_allowed=None if bool(k_real.all()) else k_real[:, None, None, :],
+                key_allowed=None if bool(k_real.all()) and not static_structure else k_real[:, None, None, :],
                 diagonal=diagonal,
                 num_seqs=len(members),
                 q_len=q_real.shape[1],
@@ -180,7 +187,7 @@ def plan_varlen(
 
     order_out = torch.cat(gathered_real)
     num_q_tokens = bounds_q[-1]
-    identity = torch.equal(order_out, torch.arange(num_q_tokens, device=device))
+    identity = not static_structure and torch.equal(order_out, torch.arange(num_q_tokens, device=device))
     return VarlenPlan(tuple(groups), None if identity else torch.argsort(order_out), num_q_tokens, bounds_k[-1])
 
 

@@ -92,16 +92,56 @@ class EncoderBatch(NamedTuple):
 class DynMaskModelOutput(BaseModelOutputWithPooling):
     """[`BaseModelOutputWithPooling`] plus the hidden state of every sequence's first token.
 
-    Shapes: ``last_hidden_state`` follows the input, ``(B, T, h)`` padded (zeros at padding under dynamic masking)
-    or ``(1, N, h)`` packed; ``first_token_state`` and ``pooler_output`` are ``(B or S, h)``, one row per sequence
-    (its first real token, whatever the padding side). Under dynamic masking, ``packed_hidden_state`` ``(N, h)`` and
-    ``unpad_index`` also give the real tokens before they were scattered back, so per-token heads run on real tokens
-    only (:meth:`DynMaskPreTrainedModel._per_token`).
+    Every field is indexed by the rows of the input, as transformers' outputs are (pipelines and the Trainer split
+    and stack them per row): ``last_hidden_state`` follows the input, ``(B, T, h)`` padded (zeros at padding under
+    dynamic masking) or ``(1, N, h)`` packed; ``first_token_state`` and ``pooler_output`` are ``(B, h)`` padded (each
+    row's first real token, whatever the padding side) or ``(S, h)`` packed, one row per sequence.
     """
 
     first_token_state: torch.Tensor | None = None
-    packed_hidden_state: torch.Tensor | None = None
+
+
+class EncoderResult(NamedTuple):
+    """What the encoder hands its heads (:meth:`DynMaskModel._encode_inputs`); internal, never a model output.
+
+    Under dynamic masking of a padded batch, ``packed_hidden_state`` ``(N, h)`` and ``unpad_index`` are the real
+    tokens before they were scattered back to ``(B, T, h)``, so per-token heads run on real tokens only
+    (:meth:`DynMaskPreTrainedModel._per_token`); None otherwise.
+    """
+
+    output: DynMaskModelOutput
+    packed_hidden_state: torch.Tensor | None = None  # (N, h)
     unpad_index: UnpadIndex | None = None
+
+
+class PaddedLayout(NamedTuple):
+    """A padded batch computed in full (static masking), checked once per forward."""
+
+    real: torch.Tensor  # bool (B, T): True at real tokens
+    position_ids: torch.Tensor  # int64 (B, T)
+    allowed: torch.Tensor | object  # bool (B, 1, T, T), True = may attend; a BlockMask for flex
+
+
+class UnpaddedLayout(NamedTuple):
+    """A padded batch whose padding is stripped before the embeddings (dynamic masking), checked once per forward."""
+
+    index: UnpadIndex
+    position_ids: torch.Tensor  # int64 (N,)
+    batch: EncoderBatch
+
+
+class PackedBatchLayout(NamedTuple):
+    """A packed row, checked once per forward."""
+
+    cu_seqlens: torch.Tensor  # int32 (S + 1,)
+    position_ids: torch.Tensor  # int64 (N,)
+    batch: EncoderBatch
+
+
+def _mark_dynamic(tensor: torch.Tensor | None, *dims: int) -> None:
+    """Tell torch.compile that these dimensions change from batch to batch (no recompiles for new sizes)."""
+    if tensor is not None:
+        torch._dynamo.maybe_mark_dynamic(tensor, list(dims))
 
 
 def _check_implementation(config: DynMaskConfig) -> str:
@@ -289,6 +329,9 @@ class DynMaskPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _no_split_modules = ["DynMaskEmbeddings", "DynMaskLayer"]
+    # BERT / RoBERTa checkpoints of older transformers versions store the ``position_ids`` buffer of their embeddings,
+    # which DynMask does not keep (positions are computed per batch); the stock models skip it silently too.
+    _keys_to_ignore_on_load_unexpected = [r"(^|\.)embeddings\.position_ids$"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -296,10 +339,25 @@ class DynMaskPreTrainedModel(PreTrainedModel):
         if isinstance(module, (DynMaskBertLMHead, DynMaskRobertaLMHead)):
             module.bias.zero_()
 
-    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs):
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' ``save_pretrained``, writing a folder that also loads where hf_dynmask is not installed.
+
+        Every DynMask class is registered for its Auto class (``register_for_auto_class``, see
+        :data:`AUTO_CLASS_NAMES`), so transformers itself copies this module and the siblings it imports next to the
+        weights (``custom_object_save``). Here ``config.auto_map`` also names the config and every other head, so any
+        ``AutoModelFor....from_pretrained(folder, trust_remote_code=True)`` loads the folder with torch and
+        transformers alone; where hf_dynmask is imported, its registered classes load it instead (transformers prefers
+        a registered class to an ``auto_map``). ``push_to_hub``, ``Trainer.save_model``, Trainer checkpoints and
+        ``Trainer.push_to_hub`` all save through here.
+        """
+        if type(self) in AUTO_CLASS_NAMES:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **auto_map()}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs) -> EncoderResult:
         """The heads' encoder call. Each head names these inputs in its own ``forward``, because transformers'
         ``Trainer(remove_unused_columns=True)`` keeps only the dataset columns a signature names."""
-        return self.bert(
+        return self.bert._encode_inputs(
             input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
@@ -309,7 +367,7 @@ class DynMaskPreTrainedModel(PreTrainedModel):
         )
 
     @staticmethod
-    def _per_token(outputs: DynMaskModelOutput, head, labels: torch.Tensor | None, shift: bool = False):
+    def _per_token(encoded: EncoderResult, head, labels: torch.Tensor | None, shift: bool = False):
         """Apply a per-token head and line its labels up with its logits.
 
         Under dynamic masking the head runs on the ``N`` real tokens only (a vocabulary projection at padding is the
@@ -317,11 +375,11 @@ class DynMaskPreTrainedModel(PreTrainedModel):
         for the output. ``shift=True`` (causal LM) shifts the labels inside each padded row first, so no label is
         predicted across sequences. Returns ``(output logits, loss logits, loss labels, shift_labels)``.
         """
-        if outputs.unpad_index is None:
-            logits = head(outputs.last_hidden_state)
+        if encoded.unpad_index is None:
+            logits = head(encoded.output.last_hidden_state)
             return logits, logits, labels, None
-        index = outputs.unpad_index
-        packed_logits = head(outputs.packed_hidden_state)  # (N, C)
+        index = encoded.unpad_index
+        packed_logits = head(encoded.packed_hidden_state)  # (N, C)
         loss_labels = shift_labels = None
         if labels is not None:
             if labels.shape != (index.batch_size, index.seqlen):
@@ -359,7 +417,14 @@ class DynMaskPreTrainedModel(PreTrainedModel):
 
 
 class DynMaskModel(DynMaskPreTrainedModel):
-    """The encoder. Accepts padded batches (``attention_mask`` ``(B, T)``) and packed ones (``cu_seq_lens_q``)."""
+    """The encoder. Accepts padded batches (``attention_mask`` ``(B, T)``) and packed ones (``cu_seq_lens_q``).
+
+    Works under ``torch.compile(model)`` with batches of changing shapes: the checks, index maps and attention plan
+    that depend on the values of the boundaries or the mask are built in one call per forward kept out of the
+    compiled graphs (``_layout_*``, ``torch.compiler.disable``), their varying dimensions are marked dynamic, and
+    under compile the packed attention plan has one structure for every batch (a single length group, every field
+    filled), so the graph after that call is reused for new shapes.
+    """
 
     def __init__(self, config: DynMaskConfig, add_pooling_layer: bool = True):
         super().__init__(config)
@@ -400,29 +465,47 @@ class DynMaskModel(DynMaskPreTrainedModel):
                 ``cu_seqlens``). ``seq_idx`` ``(1, N)`` states the same boundaries and is accepted instead.
             max_length_q / max_length_k: the longest sequence of a packed row (recomputed from the boundaries).
         """
+        return self._encode_inputs(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            inputs_embeds,
+            cu_seq_lens_q=cu_seq_lens_q,
+            cu_seq_lens_k=cu_seq_lens_k,
+            seq_idx=seq_idx,
+            output_hidden_states=output_hidden_states,
+        ).output
+
+    def _encode_inputs(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cu_seq_lens_q: torch.Tensor | None = None,
+        cu_seq_lens_k: torch.Tensor | None = None,
+        max_length_q: int | None = None,
+        max_length_k: int | None = None,
+        seq_idx: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> EncoderResult:
+        """:meth:`forward` for the heads: the output plus what per-token heads need (:class:`EncoderResult`)."""
         output_hidden_states = bool(output_hidden_states)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
         if reference.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(reference.shape)}")
-        if cu_seq_lens_k is not None and cu_seq_lens_q is not None and not torch.equal(cu_seq_lens_k, cu_seq_lens_q):
-            raise ValueError("DynMask is an encoder with self-attention: cu_seq_lens_k must equal cu_seq_lens_q")
-        cu_seqlens = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
-        if cu_seqlens is None and seq_idx is not None:
-            cu_seqlens = cu_seqlens_from_seq_idx(seq_idx)
-
-        if cu_seqlens is not None:
-            return self._forward_packed(
-                input_ids,
-                inputs_embeds,
-                attention_mask,
-                token_type_ids,
-                position_ids,
-                cu_seqlens,
-                output_hidden_states,
+        compiling = torch.compiler.is_compiling()
+        if cu_seq_lens_q is not None or cu_seq_lens_k is not None or seq_idx is not None:
+            layout = self._layout_packed(
+                reference, attention_mask, position_ids, cu_seq_lens_q, cu_seq_lens_k, seq_idx, compiling
             )
-        _reject_unmarked_packing(position_ids, attention_mask)
+            return self._forward_packed(input_ids, inputs_embeds, token_type_ids, layout, output_hidden_states)
         if attention_mask is None:
             attention_mask = torch.ones_like(reference, dtype=torch.long)
         if attention_mask.shape != reference.shape:
@@ -430,17 +513,59 @@ class DynMaskModel(DynMaskPreTrainedModel):
                 f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(reference.shape)}"
             )
         if self.config.masking == "dynamic" or _check_implementation(self.config) in FLASH_IMPLEMENTATIONS:
-            return self._forward_dynamic(
-                input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, output_hidden_states
-            )
-        return self._forward_static(
-            input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, output_hidden_states
-        )
+            layout = self._layout_unpadded(attention_mask, position_ids, compiling)
+            return self._forward_dynamic(input_ids, inputs_embeds, token_type_ids, layout, output_hidden_states)
+        layout = self._layout_padded(attention_mask, position_ids, compiling)
+        return self._forward_static(input_ids, inputs_embeds, token_type_ids, layout, output_hidden_states)
 
     # -- the three paths -------------------------------------------------------------------------------------------
 
-    def _forward_static(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, output_hidden):
-        """Every position computed, padding included; ``attention_mask`` ``(B, T)`` is validated by the caller."""
+    def _forward_static(self, input_ids, inputs_embeds, token_type_ids, layout: PaddedLayout, output_hidden):
+        """Every position computed, padding included, with a ``(B, 1, T, T)`` mask."""
+        hidden = self.embeddings(input_ids, inputs_embeds, layout.position_ids, token_type_ids)  # (B, T, h)
+        name = _check_implementation(self.config)
+        mask = to_additive(layout.allowed, hidden.dtype) if name == "eager" else layout.allowed
+        hidden, all_hidden = self.encoder(hidden, EncoderBatch(packed=False, attention_mask=mask), output_hidden)
+        first = layout.real.long().argmax(dim=1)  # first real token of each row, either padding side
+        first_token_state = hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
+        return EncoderResult(self._output(hidden, first_token_state, all_hidden))
+
+    def _forward_dynamic(self, input_ids, inputs_embeds, token_type_ids, layout: UnpaddedLayout, output_hidden):
+        """Padding stripped before the embeddings, restored at the output (zeros at padding)."""
+        index = layout.index
+        hidden = self.embeddings(
+            None if input_ids is None else unpad(input_ids, index),
+            None if inputs_embeds is None else unpad(inputs_embeds, index),
+            layout.position_ids,
+            None if token_type_ids is None else unpad(token_type_ids, index),
+        )  # (N, h)
+        hidden, all_hidden = self.encoder(hidden, layout.batch, output_hidden)
+        first_token_state = hidden.index_select(0, index.cu_seqlens[:-1].long())
+        output = self._output(
+            repad(hidden, index),
+            first_token_state,
+            None if all_hidden is None else [repad(h, index) for h in all_hidden],
+        )
+        return EncoderResult(output, hidden, index)
+
+    def _forward_packed(self, input_ids, inputs_embeds, token_type_ids, layout: PackedBatchLayout, output_hidden):
+        """One row of ``N`` packed tokens; outputs keep the packed shape, one pooled row per sequence."""
+        hidden = self.embeddings(
+            None if input_ids is None else input_ids[0],
+            None if inputs_embeds is None else inputs_embeds[0],
+            layout.position_ids,
+            None if token_type_ids is None else token_type_ids[0],
+        )  # (N, h)
+        hidden, all_hidden = self.encoder(hidden, layout.batch, output_hidden)
+        first_token_state = hidden.index_select(0, layout.cu_seqlens[:-1].long())
+        all_hidden = None if all_hidden is None else [h.unsqueeze(0) for h in all_hidden]
+        return EncoderResult(self._output(hidden.unsqueeze(0), first_token_state, all_hidden))
+
+    # -- the per-batch layouts: every check and data-dependent index of a forward, out of compiled graphs ----------
+
+    @torch.compiler.disable
+    def _layout_padded(self, attention_mask, position_ids, compiling: bool) -> PaddedLayout:
+        _reject_unmarked_packing(position_ids, attention_mask)
         real = attention_mask.bool()
         if not bool(real.any(dim=1).all()):
             raise ValueError("a row of attention_mask has no real token; drop empty examples before batching")
@@ -448,39 +573,45 @@ class DynMaskModel(DynMaskPreTrainedModel):
             # Positions restart at every sequence's first real token, so left and right padding agree.
             position_ids = (real.long().cumsum(1) - 1).clamp(min=0) + self.config.position_start
         self._check_positions(position_ids[real])
-        hidden = self.embeddings(input_ids, inputs_embeds, position_ids, token_type_ids)
-        batch = EncoderBatch(packed=False, attention_mask=self._padded_mask(real, hidden.dtype))
-        hidden, all_hidden = self.encoder(hidden, batch, output_hidden)
-        first = real.long().argmax(dim=1)  # first real token of each row, either padding side
-        first_token_state = hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
-        return self._output(hidden, first_token_state, all_hidden)
+        causal = bool(self.config.is_decoder)
+        if _check_implementation(self.config) == "flex_attention":
+            from .masks import and_masks, padding
+            from .masks import causal as causal_fn
 
-    def _forward_dynamic(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, output_hidden):
-        """Padding stripped before the embeddings, restored at the output (zeros at padding)."""
+            mask_fn = and_masks(padding(real), causal_fn()) if causal else padding(real)
+            allowed = to_block_mask(mask_fn, real.shape[0], real.shape[1], real.shape[1], device=real.device)
+        else:
+            allowed = padding_to_bool_4d(real, causal=causal)  # (B, 1, T, T), True = may attend
+            if compiling:
+                _mark_dynamic(allowed, 0, 2, 3)
+        if compiling:
+            _mark_dynamic(real, 0, 1)
+            _mark_dynamic(position_ids, 0, 1)
+        return PaddedLayout(real, position_ids, allowed)
+
+    @torch.compiler.disable
+    def _layout_unpadded(self, attention_mask, position_ids, compiling: bool) -> UnpaddedLayout:
+        _reject_unmarked_packing(position_ids, attention_mask)
         index = unpad_index(attention_mask)
-        packed_positions = None if position_ids is None else unpad(position_ids, index)
-        packed = self._run_packed(
-            None if input_ids is None else unpad(input_ids, index),
-            None if inputs_embeds is None else unpad(inputs_embeds, index),
-            None if token_type_ids is None else unpad(token_type_ids, index),
-            packed_positions,
-            index.cu_seqlens,
-            index.max_seqlen,
-            output_hidden,
+        packed_positions = self._packed_positions(
+            None if position_ids is None else unpad(position_ids, index), index.cu_seqlens
         )
-        hidden, first_token_state, all_hidden = packed
-        output = self._output(
-            repad(hidden, index),
-            first_token_state,
-            None if all_hidden is None else [repad(h, index) for h in all_hidden],
-        )
-        output.packed_hidden_state, output.unpad_index = hidden, index
-        return output
+        batch = self._packed_batch(index.cu_seqlens, index.max_seqlen, attention_mask.device, compiling)
+        if compiling:
+            _mark_dynamic(index.indices, 0)
+            _mark_dynamic(index.cu_seqlens, 0)
+            _mark_dynamic(packed_positions, 0)
+        return UnpaddedLayout(index, packed_positions, batch)
 
-    def _forward_packed(
-        self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, cu_seqlens, output_hidden
-    ):
-        reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
+    @torch.compiler.disable
+    def _layout_packed(
+        self, reference, attention_mask, position_ids, cu_seq_lens_q, cu_seq_lens_k, seq_idx, compiling: bool
+    ) -> PackedBatchLayout:
+        if cu_seq_lens_k is not None and cu_seq_lens_q is not None and not torch.equal(cu_seq_lens_k, cu_seq_lens_q):
+            raise ValueError("DynMask is an encoder with self-attention: cu_seq_lens_k must equal cu_seq_lens_q")
+        cu_seqlens = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
+        if cu_seqlens is None:
+            cu_seqlens = cu_seqlens_from_seq_idx(seq_idx)
         if reference.shape[0] != 1:
             raise ValueError(
                 f"a packed batch is one row of concatenated sequences (input_ids of shape (1, total_tokens)), got "
@@ -492,7 +623,7 @@ class DynMaskModel(DynMaskPreTrainedModel):
                 "attention_mask, or use the dynamic-padding collator instead of the packed one"
             )
         num_tokens = reference.shape[1]
-        bounds = cu_seqlens.tolist() if cu_seqlens.dim() == 1 else None  # the one host sync of these checks
+        bounds = cu_seqlens.tolist() if cu_seqlens.dim() == 1 else None  # the one host read of these checks
         if not bounds or bounds[0] != 0 or bounds[-1] != num_tokens:
             raise ValueError(
                 f"cu_seq_lens_q must be 1-D, start at 0 and end at the row's {num_tokens} tokens, got "
@@ -502,42 +633,27 @@ class DynMaskModel(DynMaskPreTrainedModel):
         if min(lens) < 1:
             raise ValueError("cu_seq_lens_q must be strictly increasing: every packed sequence needs >= 1 token")
         cu_seqlens = cu_seqlens.to(torch.int32)
-        squeeze = lambda t: None if t is None else t[0]  # noqa: E731
-        hidden, first_token_state, all_hidden = self._run_packed(
-            squeeze(input_ids),
-            squeeze(inputs_embeds),
-            squeeze(token_type_ids),
-            squeeze(position_ids),
-            cu_seqlens,
-            max(lens),
-            output_hidden,
-        )
-        unsqueeze = lambda t: t.unsqueeze(0)  # noqa: E731
-        return self._output(
-            unsqueeze(hidden), first_token_state, None if all_hidden is None else [unsqueeze(h) for h in all_hidden]
-        )
+        positions = self._packed_positions(None if position_ids is None else position_ids[0], cu_seqlens)
+        batch = self._packed_batch(cu_seqlens, max(lens), reference.device, compiling)
+        if compiling:
+            _mark_dynamic(cu_seqlens, 0)
+            _mark_dynamic(positions, 0)
+            _mark_dynamic(reference, 1)
+        return PackedBatchLayout(cu_seqlens, positions, batch)
 
-    def _run_packed(
-        self, input_ids, inputs_embeds, token_type_ids, position_ids, cu_seqlens, max_seqlen, output_hidden
-    ):
-        """Embeddings + encoder over ``N`` packed tokens. Returns ``(N, h)``, ``(S, h)`` first tokens, all hidden."""
+    # -- helpers ---------------------------------------------------------------------------------------------------
+
+    def _packed_positions(self, position_ids: torch.Tensor | None, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """The ``(N,)`` positions of packed tokens: restarting at each sequence, the given ones checked to do so."""
         expected = position_ids_from_cu_seqlens(cu_seqlens, self.config.position_start)
-        if position_ids is None:
-            position_ids = expected
-        elif not torch.equal(position_ids, expected):
+        if position_ids is not None and not torch.equal(position_ids, expected):
             raise ValueError(
                 "position_ids do not restart at each sequence of the packed batch at "
                 f"config.position_start={self.config.position_start}; build the batch with hf_dynmask's packed "
                 "collator (position_start=config.position_start) or leave position_ids out"
             )
-        self._check_positions(position_ids)
-        hidden = self.embeddings(input_ids, inputs_embeds, position_ids, token_type_ids)  # (N, h)
-        batch = self._packed_batch(cu_seqlens, max_seqlen, hidden.device)
-        hidden, all_hidden = self.encoder(hidden, batch, output_hidden)
-        first_token_state = hidden.index_select(0, cu_seqlens[:-1].long())
-        return hidden, first_token_state, all_hidden
-
-    # -- helpers ---------------------------------------------------------------------------------------------------
+        self._check_positions(expected)
+        return expected
 
     def _output(self, hidden, first_token_state, all_hidden):
         pooled = self.pooler(first_token_state) if self.pooler is not None else None
@@ -556,20 +672,8 @@ class DynMaskModel(DynMaskPreTrainedModel):
                 "tokens per sequence); truncate at tokenization (truncation=True, max_length=...)"
             )
 
-    def _padded_mask(self, real: torch.Tensor, dtype: torch.dtype):
-        """The ``(B, T)`` padding mask in the form the backend takes (see :class:`EncoderBatch`)."""
-        name = _check_implementation(self.config)
-        causal = bool(self.config.is_decoder)
-        if name == "flex_attention":
-            from .masks import and_masks, padding
-            from .masks import causal as causal_fn
-
-            mask_fn = and_masks(padding(real), causal_fn()) if causal else padding(real)
-            return to_block_mask(mask_fn, real.shape[0], real.shape[1], real.shape[1], device=real.device)
-        allowed = padding_to_bool_4d(real, causal=causal)  # (B, 1, T, T), True = may attend
-        return to_additive(allowed, dtype) if name == "eager" else allowed
-
-    def _packed_batch(self, cu_seqlens: torch.Tensor, max_seqlen: int, device) -> EncoderBatch:
+    def _packed_batch(self, cu_seqlens: torch.Tensor, max_seqlen: int, device, compiling: bool) -> EncoderBatch:
+        """What the attention of every layer needs for ``N`` packed tokens (built here, once per forward)."""
         name = _check_implementation(self.config)
         if name == "flex_attention":
             from .masks import and_masks
@@ -584,6 +688,17 @@ class DynMaskModel(DynMaskPreTrainedModel):
             return EncoderBatch(True, cu_seqlens, max_seqlen, block_mask=block_mask)
         if name in FLASH_IMPLEMENTATIONS:
             return EncoderBatch(True, cu_seqlens, max_seqlen)
+        if compiling:
+            # One length group with every field filled: the same plan structure (and so the same graph) for every
+            # batch; its sizes are marked dynamic. Attention then pads each sequence to the batch's longest.
+            plan = plan_varlen(cu_seqlens, bucket_ratio=0.0, static_structure=True)
+            for group in plan.groups:
+                _mark_dynamic(group.q_gather, 0)
+                _mark_dynamic(group.q_real_slots, 0)
+                _mark_dynamic(group.q_real, 0, 1)
+                _mark_dynamic(group.key_allowed, 0, 3)
+            _mark_dynamic(plan.inverse, 0)
+            return EncoderBatch(True, cu_seqlens, max_seqlen, plan=plan)
         ratio = 0.0 if name == "eager" else self.config.varlen_bucket_ratio
         return EncoderBatch(True, cu_seqlens, max_seqlen, plan=plan_varlen(cu_seqlens, bucket_ratio=ratio))
 
@@ -696,8 +811,9 @@ class DynMaskForMaskedLM(_DynMaskLMBase):
         **kwargs,
     ) -> MaskedLMOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
-        logits, loss_logits, loss_labels, _ = self._per_token(outputs, self._lm_head, labels)  # (B, T, V) / (1, N, V)
+        encoded = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        outputs = encoded.output
+        logits, loss_logits, loss_labels, _ = self._per_token(encoded, self._lm_head, labels)  # (B, T, V) / (1, N, V)
         loss = None
         if labels is not None:
             loss = self.loss_function(
@@ -729,8 +845,9 @@ class DynMaskForCausalLM(_DynMaskLMBase):
         **kwargs,
     ) -> CausalLMOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
-        logits, loss_logits, _, shift_labels = self._per_token(outputs, self._lm_head, labels, shift=True)
+        encoded = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        outputs = encoded.output
+        logits, loss_logits, _, shift_labels = self._per_token(encoded, self._lm_head, labels, shift=True)
         loss = None
         if labels is not None:
             loss = self.loss_function(
@@ -785,7 +902,8 @@ class DynMaskForSequenceClassification(DynMaskPreTrainedModel):
         **kwargs,
     ) -> SequenceClassifierOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        encoded = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        outputs = encoded.output
         if self.config.head_style == "roberta":
             logits = self.classifier(outputs.first_token_state)
         else:
@@ -835,13 +953,14 @@ class DynMaskForTokenClassification(DynMaskPreTrainedModel):
         **kwargs,
     ) -> TokenClassifierOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        encoded = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        outputs = encoded.output
         if labels is not None and labels.shape != outputs.last_hidden_state.shape[:-1]:
             raise ValueError(
                 f"labels {tuple(labels.shape)} must match the tokens {tuple(outputs.last_hidden_state.shape[:-1])}"
             )
         logits, loss_logits, loss_labels, _ = self._per_token(
-            outputs, lambda hidden: self.classifier(self.dropout(hidden)), labels
+            encoded, lambda hidden: self.classifier(self.dropout(hidden)), labels
         )
         loss = None
         if labels is not None:
@@ -881,7 +1000,8 @@ class DynMaskForQuestionAnswering(DynMaskPreTrainedModel):
         **kwargs,
     ) -> QuestionAnsweringModelOutput:
         kwargs.pop("num_items_in_batch", None)
-        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        encoded = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        outputs = encoded.output
         logits = self.qa_outputs(outputs.last_hidden_state)  # (B, T, 2) or (1, N, 2)
         cu_seqlens = kwargs.get("cu_seq_lens_q")
         if cu_seqlens is None and kwargs.get("seq_idx") is not None:
@@ -902,7 +1022,38 @@ class DynMaskForQuestionAnswering(DynMaskPreTrainedModel):
         )
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Auto classes
+# ---------------------------------------------------------------------------------------------------------------------
+
+#: The Auto class of each model class. Registering it (``register_for_auto_class``) makes transformers'
+#: ``save_pretrained`` copy this module and its siblings next to the weights; :func:`auto_map` names every pair in
+#: ``config.json``; ``auto.py`` registers the same pairs with transformers' Auto classes.
+AUTO_CLASS_NAMES: dict[type[DynMaskPreTrainedModel], str] = {
+    DynMaskModel: "AutoModel",
+    DynMaskForMaskedLM: "AutoModelForMaskedLM",
+    DynMaskForCausalLM: "AutoModelForCausalLM",
+    DynMaskForSequenceClassification: "AutoModelForSequenceClassification",
+    DynMaskForTokenClassification: "AutoModelForTokenClassification",
+    DynMaskForQuestionAnswering: "AutoModelForQuestionAnswering",
+}
+for _model_class, _auto_class in AUTO_CLASS_NAMES.items():
+    _model_class.register_for_auto_class(_auto_class)
+
+
+def auto_map() -> dict[str, str]:
+    """The ``auto_map`` a saved DynMask model writes in ``config.json``: the config and every head, each as
+    ``"module_file.ClassName"`` (the form transformers uses for code stored next to the model).
+
+    >>> auto_map()["AutoConfig"], auto_map()["AutoModelForMaskedLM"]
+    ('configuration_dynmask.DynMaskConfig', 'modeling_dynmask.DynMaskForMaskedLM')
+    """
+    classes = {"AutoConfig": DynMaskConfig, **{auto: cls for cls, auto in AUTO_CLASS_NAMES.items()}}
+    return {auto: f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}" for auto, cls in classes.items()}
+
+
 __all__ = [
+    "AUTO_CLASS_NAMES",
     "DynMaskForCausalLM",
     "DynMaskForMaskedLM",
     "DynMaskForQuestionAnswering",
@@ -911,4 +1062,6 @@ __all__ = [
     "DynMaskModel",
     "DynMaskModelOutput",
     "DynMaskPreTrainedModel",
+    "EncoderResult",
+    "auto_map",
 ]
