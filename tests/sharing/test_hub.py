@@ -412,6 +412,7 @@ def loaded(saved):
         [sys.executable, str(root / "child.py"), str(root / "spec.json")],
         cwd=root,
         env=env,
+        stdin=subprocess.DEVNULL,  # transformers asks on stdin before running untrusted code: answer nothing
         capture_output=True,
         text=True,
         timeout=300,
