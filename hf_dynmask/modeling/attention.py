@@ -203,6 +203,14 @@ def _block(bounds: list[int], lens: list[int], members: list[int], device) -> tu
     return gather, is_real
 
 
+def _block_shape(group: LengthGroup) -> tuple[int, int, int]:
+    """``(n, Lq, Lk)`` of a group's blocks, read from its mask tensors when it has them (a plan built with
+    ``static_structure=True``): under ``torch.compile`` those sizes are symbolic, so new lengths reuse the graph."""
+    if group.q_real is not None and group.key_allowed is not None:
+        return group.q_real.shape[0], group.q_real.shape[1], group.key_allowed.shape[-1]
+    return group.num_seqs, group.q_len, group.k_len
+
+
 def _group_mask(group: LengthGroup, is_causal: bool, sliding_window: int | None) -> torch.Tensor | None:
     """Bool ``(n, 1, Lq, Lk)`` (or broadcastable), True = may attend, for one length group; None = attend to all.
 
@@ -212,10 +220,11 @@ def _group_mask(group: LengthGroup, is_causal: bool, sliding_window: int | None)
     if not is_causal and sliding_window is None:
         return group.key_allowed
     device = group.q_gather.device
-    q_pos = torch.arange(group.q_len, device=device).view(1, 1, -1, 1)  # (1, 1, Lq, 1)
+    _, q_len, k_len = _block_shape(group)
+    q_pos = torch.arange(q_len, device=device).view(1, 1, -1, 1)  # (1, 1, Lq, 1)
     if group.diagonal is not None:
         q_pos = q_pos + group.diagonal  # each query's position on its sequence's key axis
-    distance = q_pos - torch.arange(group.k_len, device=device).view(1, 1, 1, -1)  # query minus key position
+    distance = q_pos - torch.arange(k_len, device=device).view(1, 1, 1, -1)  # query minus key position
     allowed = distance >= 0 if is_causal else torch.ones_like(distance, dtype=torch.bool)
     if sliding_window is not None:
         allowed = allowed & (distance.abs() < sliding_window)
@@ -281,7 +290,10 @@ def varlen_attention(
     """
     if kernel not in ("sdpa", "eager"):
         raise ValueError(f"kernel must be 'sdpa' or 'eager', got {kernel!r}")
-    if query.shape[0] != plan.num_q_tokens or key.shape[0] != plan.num_k_tokens:
+    # (Not under torch.compile, where comparing with the plan's ints would fix the token count in the graph; a
+    # mismatched plan still fails there, at the reshape back to the queries' shape.)
+    compiling = torch.compiler.is_compiling()
+    if not compiling and (query.shape[0] != plan.num_q_tokens or key.shape[0] != plan.num_k_tokens):
         raise ValueError(
             f"query has {query.shape[0]} tokens and key {key.shape[0]} but the plan describes {plan.num_q_tokens} "
             f"and {plan.num_k_tokens}: the boundaries (cu_seq_lens_q/k) belong to another batch"
@@ -295,10 +307,10 @@ def varlen_attention(
     dropout_p = dropout_p if training else 0.0
     outputs = []
     for group in plan.groups:
-        n = group.num_seqs
-        q = query.index_select(0, group.q_gather).view(n, group.q_len, num_heads, -1).transpose(1, 2)
+        n, q_len, k_len = _block_shape(group)
+        q = query.index_select(0, group.q_gather).view(n, q_len, num_heads, -1).transpose(1, 2)
         k, v = (
-            t.index_select(0, group.k_gather).view(n, group.k_len, kv_heads, -1).transpose(1, 2) for t in (key, value)
+            t.index_select(0, group.k_gather).view(n, k_len, kv_heads, -1).transpose(1, 2) for t in (key, value)
         )  # (n, H, Lq, D) and (n, Hkv, Lk, D) blocks from here on
         k, v = _repeat_kv(k, num_heads // kv_heads), _repeat_kv(v, num_heads // kv_heads)
         plain_causal = (
@@ -313,7 +325,7 @@ def varlen_attention(
             if plain_causal:
                 allowed = _group_mask(group, True, None)
             out = _eager(q, k, v, allowed, scaling, dropout_p, training, softcap)
-        out = out.transpose(1, 2).reshape(n * group.q_len, num_heads, -1)  # (n * Lq, H, D)
+        out = out.transpose(1, 2).reshape(n * q_len, num_heads, -1)  # (n * Lq, H, D)
         outputs.append(out if group.q_real_slots is None else out.index_select(0, group.q_real_slots))
     packed = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     return packed if plan.inverse is None else packed.index_select(0, plan.inverse)

@@ -106,12 +106,13 @@ class EncoderResult(NamedTuple):
 
     Under dynamic masking of a padded batch, ``packed_hidden_state`` ``(N, h)`` and ``unpad_index`` are the real
     tokens before they were scattered back to ``(B, T, h)``, so per-token heads run on real tokens only
-    (:meth:`DynMaskPreTrainedModel._per_token`); None otherwise.
+    (:meth:`DynMaskPreTrainedModel._per_token`); None otherwise. ``seq_idx`` is set for packed batches.
     """
 
     output: DynMaskModelOutput
     packed_hidden_state: torch.Tensor | None = None  # (N, h)
     unpad_index: UnpadIndex | None = None
+    seq_idx: torch.Tensor | None = None  # int32 (N,): a packed batch's sequence of each token
 
 
 class PaddedLayout(NamedTuple):
@@ -135,7 +136,20 @@ class PackedBatchLayout(NamedTuple):
 
     cu_seqlens: torch.Tensor  # int32 (S + 1,)
     position_ids: torch.Tensor  # int64 (N,)
+    seq_idx: torch.Tensor  # int32 (N,)
     batch: EncoderBatch
+
+
+@dataclass
+class DynMaskTokenClassifierOutput(TokenClassifierOutput):
+    """[`TokenClassifierOutput`]; for a packed batch also ``seq_idx`` ``(1, N)`` int32, the sequence of every token.
+
+    The Trainer gathers every output next to the logits, so ``compute_metrics`` gets each packed row's boundaries
+    with its predictions (:func:`hf_dynmask.training.evaluation.per_example_tokens`) and never scores a pack of
+    sequences as one example. None for padded batches.
+    """
+
+    seq_idx: torch.Tensor | None = None
 
 
 def _mark_dynamic(tensor: torch.Tensor | None, *dims: int) -> None:
@@ -378,7 +392,8 @@ class DynMaskPreTrainedModel(PreTrainedModel):
         if encoded.unpad_index is None:
             logits = head(encoded.output.last_hidden_state)
             return logits, logits, labels, None
-        index = encoded.unpad_index
+        batch_size, seqlen = encoded.output.last_hidden_state.shape[:2]  # symbolic under torch.compile
+        index = encoded.unpad_index._replace(batch_size=batch_size, seqlen=seqlen)
         packed_logits = head(encoded.packed_hidden_state)  # (N, C)
         loss_labels = shift_labels = None
         if labels is not None:
@@ -501,9 +516,10 @@ class DynMaskModel(DynMaskPreTrainedModel):
         if reference.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(reference.shape)}")
         compiling = torch.compiler.is_compiling()
+        inputs = (input_ids, inputs_embeds, token_type_ids)  # under compile their (B, T) sizes are marked dynamic
         if cu_seq_lens_q is not None or cu_seq_lens_k is not None or seq_idx is not None:
             layout = self._layout_packed(
-                reference, attention_mask, position_ids, cu_seq_lens_q, cu_seq_lens_k, seq_idx, compiling
+                reference, attention_mask, position_ids, cu_seq_lens_q, cu_seq_lens_k, seq_idx, inputs, compiling
             )
             return self._forward_packed(input_ids, inputs_embeds, token_type_ids, layout, output_hidden_states)
         if attention_mask is None:
@@ -513,9 +529,9 @@ class DynMaskModel(DynMaskPreTrainedModel):
                 f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(reference.shape)}"
             )
         if self.config.masking == "dynamic" or _check_implementation(self.config) in FLASH_IMPLEMENTATIONS:
-            layout = self._layout_unpadded(attention_mask, position_ids, compiling)
+            layout = self._layout_unpadded(attention_mask, position_ids, inputs, compiling)
             return self._forward_dynamic(input_ids, inputs_embeds, token_type_ids, layout, output_hidden_states)
-        layout = self._layout_padded(attention_mask, position_ids, compiling)
+        layout = self._layout_padded(attention_mask, position_ids, inputs, compiling)
         return self._forward_static(input_ids, inputs_embeds, token_type_ids, layout, output_hidden_states)
 
     # -- the three paths -------------------------------------------------------------------------------------------
@@ -532,7 +548,9 @@ class DynMaskModel(DynMaskPreTrainedModel):
 
     def _forward_dynamic(self, input_ids, inputs_embeds, token_type_ids, layout: UnpaddedLayout, output_hidden):
         """Padding stripped before the embeddings, restored at the output (zeros at padding)."""
-        index = layout.index
+        # The padded shape read from the input (symbolic under torch.compile) rather than the index's ints.
+        batch_size, seqlen = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        index = layout.index._replace(batch_size=batch_size, seqlen=seqlen)
         hidden = self.embeddings(
             None if input_ids is None else unpad(input_ids, index),
             None if inputs_embeds is None else unpad(inputs_embeds, index),
@@ -559,12 +577,12 @@ class DynMaskModel(DynMaskPreTrainedModel):
         hidden, all_hidden = self.encoder(hidden, layout.batch, output_hidden)
         first_token_state = hidden.index_select(0, layout.cu_seqlens[:-1].long())
         all_hidden = None if all_hidden is None else [h.unsqueeze(0) for h in all_hidden]
-        return EncoderResult(self._output(hidden.unsqueeze(0), first_token_state, all_hidden))
+        return EncoderResult(self._output(hidden.unsqueeze(0), first_token_state, all_hidden), seq_idx=layout.seq_idx)
 
     # -- the per-batch layouts: every check and data-dependent index of a forward, out of compiled graphs ----------
 
     @torch.compiler.disable
-    def _layout_padded(self, attention_mask, position_ids, compiling: bool) -> PaddedLayout:
+    def _layout_padded(self, attention_mask, position_ids, inputs, compiling: bool) -> PaddedLayout:
         _reject_unmarked_packing(position_ids, attention_mask)
         real = attention_mask.bool()
         if not bool(real.any(dim=1).all()):
@@ -585,12 +603,12 @@ class DynMaskModel(DynMaskPreTrainedModel):
             if compiling:
                 _mark_dynamic(allowed, 0, 2, 3)
         if compiling:
-            _mark_dynamic(real, 0, 1)
-            _mark_dynamic(position_ids, 0, 1)
+            for tensor in (*inputs, attention_mask, real, position_ids):
+                _mark_dynamic(tensor, 0, 1)
         return PaddedLayout(real, position_ids, allowed)
 
     @torch.compiler.disable
-    def _layout_unpadded(self, attention_mask, position_ids, compiling: bool) -> UnpaddedLayout:
+    def _layout_unpadded(self, attention_mask, position_ids, inputs, compiling: bool) -> UnpaddedLayout:
         _reject_unmarked_packing(position_ids, attention_mask)
         index = unpad_index(attention_mask)
         packed_positions = self._packed_positions(
@@ -598,14 +616,15 @@ class DynMaskModel(DynMaskPreTrainedModel):
         )
         batch = self._packed_batch(index.cu_seqlens, index.max_seqlen, attention_mask.device, compiling)
         if compiling:
-            _mark_dynamic(index.indices, 0)
-            _mark_dynamic(index.cu_seqlens, 0)
-            _mark_dynamic(packed_positions, 0)
+            for tensor in (*inputs, attention_mask, position_ids):
+                _mark_dynamic(tensor, 0, 1)
+            for tensor in (index.indices, index.cu_seqlens, packed_positions):
+                _mark_dynamic(tensor, 0)
         return UnpaddedLayout(index, packed_positions, batch)
 
     @torch.compiler.disable
     def _layout_packed(
-        self, reference, attention_mask, position_ids, cu_seq_lens_q, cu_seq_lens_k, seq_idx, compiling: bool
+        self, reference, attention_mask, position_ids, cu_seq_lens_q, cu_seq_lens_k, seq_idx, inputs, compiling: bool
     ) -> PackedBatchLayout:
         if cu_seq_lens_k is not None and cu_seq_lens_q is not None and not torch.equal(cu_seq_lens_k, cu_seq_lens_q):
             raise ValueError("DynMask is an encoder with self-attention: cu_seq_lens_k must equal cu_seq_lens_q")
@@ -634,12 +653,14 @@ class DynMaskModel(DynMaskPreTrainedModel):
             raise ValueError("cu_seq_lens_q must be strictly increasing: every packed sequence needs >= 1 token")
         cu_seqlens = cu_seqlens.to(torch.int32)
         positions = self._packed_positions(None if position_ids is None else position_ids[0], cu_seqlens)
+        seq_idx = seq_idx_from_cu_seqlens(cu_seqlens)
         batch = self._packed_batch(cu_seqlens, max(lens), reference.device, compiling)
         if compiling:
-            _mark_dynamic(cu_seqlens, 0)
-            _mark_dynamic(positions, 0)
-            _mark_dynamic(reference, 1)
-        return PackedBatchLayout(cu_seqlens, positions, batch)
+            for tensor in (*inputs, attention_mask, position_ids):
+                _mark_dynamic(tensor, 1)
+            for tensor in (cu_seqlens, positions, seq_idx):
+                _mark_dynamic(tensor, 0)
+        return PackedBatchLayout(cu_seqlens, positions, seq_idx, batch)
 
     # -- helpers ---------------------------------------------------------------------------------------------------
 
@@ -931,7 +952,11 @@ class DynMaskForSequenceClassification(DynMaskPreTrainedModel):
 
 
 class DynMaskForTokenClassification(DynMaskPreTrainedModel):
-    """One prediction per token; ``logits`` follows the input shape. Loss: mean over real (non ``-100``) labels."""
+    """One prediction per token; ``logits`` follows the input shape. Loss: mean over real (non ``-100``) labels.
+
+    A packed batch's output also carries its ``seq_idx`` (:class:`DynMaskTokenClassifierOutput`), so evaluation
+    regroups packed predictions per example with any Trainer.
+    """
 
     def __init__(self, config: DynMaskConfig):
         super().__init__(config)
@@ -951,7 +976,7 @@ class DynMaskForTokenClassification(DynMaskPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         **kwargs,
-    ) -> TokenClassifierOutput:
+    ) -> DynMaskTokenClassifierOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         encoded = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
         outputs = encoded.output
@@ -965,7 +990,10 @@ class DynMaskForTokenClassification(DynMaskPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(loss_logits, loss_labels, self.config, num_items_in_batch=num_items_in_batch)
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        seq_idx = None if encoded.seq_idx is None else encoded.seq_idx.unsqueeze(0)  # (1, N), packed batches only
+        return DynMaskTokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, seq_idx=seq_idx
+        )
 
 
 class DynMaskForQuestionAnswering(DynMaskPreTrainedModel):
@@ -1062,6 +1090,7 @@ __all__ = [
     "DynMaskModel",
     "DynMaskModelOutput",
     "DynMaskPreTrainedModel",
+    "DynMaskTokenClassifierOutput",
     "EncoderResult",
     "auto_map",
 ]
