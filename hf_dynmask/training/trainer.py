@@ -28,9 +28,11 @@ of the two.
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -311,6 +313,18 @@ class DynMaskTrainer(Trainer):
         if stats is not None:
             stats.record(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
+
+    # -- saving ----------------------------------------------------------------------------------------------------
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """The Trainer's mid-training Hub push (``push_to_hub=True``, ``hub_strategy="every_save"``), with the model
+        code: transformers copies a fixed list of files (config, weights) from the checkpoint into the output folder
+        it uploads, and a DynMask ``config.json`` names code files in its ``auto_map``, so copy those first (every
+        pushed state then loads with ``trust_remote_code=True``)."""
+        if self.is_world_process_zero():
+            for source in Path(checkpoint_folder).glob("*.py"):
+                shutil.copy(source, Path(self.args.output_dir) / source.name)
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """The Trainer's log, with ``padding_efficiency`` and ``real_tokens_per_second`` in training logs."""

@@ -11,6 +11,7 @@ outputs, which must equal the parent's bit for bit, on padded and on packed inpu
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -226,7 +227,12 @@ class FakeHub:
             CommitOperationAdd(path_in_repo=path.relative_to(folder_path).as_posix(), path_or_fileobj=str(path))
             for path in files
         ]
-        return self.create_commit(repo_id, operations, **kwargs)
+        commit = self.create_commit(repo_id, operations, **kwargs)
+        if not kwargs.get("run_as_future"):
+            return commit
+        future = concurrent.futures.Future()  # the Trainer's mid-training pushes run in the background
+        future.set_result(commit)
+        return future
 
     def install(self, patch: pytest.MonkeyPatch) -> None:
         patch.setattr(HfApi, "create_repo", self.create_repo)
@@ -301,7 +307,10 @@ def _tokenizer() -> BertTokenizer:
 
 
 def _trainer_run(root: Path, hub: FakeHub, patch: pytest.MonkeyPatch):
-    """A DynMaskTrainer run (two steps, a checkpoint at step 2), then ``save_model`` and ``push_to_hub``."""
+    """A DynMaskTrainer run (two steps, a checkpoint at step 2, pushed to the Hub while training), then
+    ``save_model`` and ``push_to_hub``."""
+    hub.folder = root / "trainer_push_to_hub"
+    hub.install(patch)
     torch.manual_seed(1)
     model = DynMaskForSequenceClassification(_config(num_labels=3))
     args = DynMaskTrainingArguments(
@@ -314,14 +323,14 @@ def _trainer_run(root: Path, hub: FakeHub, patch: pytest.MonkeyPatch):
         report_to="none",
         use_cpu=True,
         disable_tqdm=True,
+        push_to_hub=True,
         hub_model_id="user/tiny-trainer",
+        hub_strategy="every_save",
     )
     collator = make_collator(_tokenizer(), "sequence-classification", "packed")
     trainer = DynMaskTrainer(model=model, args=args, train_dataset=TRAINER_FEATURES, data_collator=collator)
     trainer.train()
     trainer.save_model(str(root / "trainer_save_model"))
-    hub.folder = root / "trainer_push_to_hub"
-    hub.install(patch)
     trainer.push_to_hub()
     return trainer.model.eval(), root / "run" / "checkpoint-2"
 
@@ -493,8 +502,10 @@ def test_in_process_load_uses_the_installed_package(saved, trust_remote_code):
 
 
 def test_push_uploads_exactly_the_saved_folder_in_one_commit(saved):
-    assert saved.hub.repos == ["user/tiny-dynmask", "user/tiny-token-classification", "user/tiny-trainer"]
-    assert [c["repo_id"] for c in saved.hub.commits] == saved.hub.repos  # one commit per push
+    repos = ["user/tiny-dynmask", "user/tiny-token-classification", "user/tiny-trainer"]
+    assert list(dict.fromkeys(saved.hub.repos)) == repos
+    # One commit per push; the trainer pushes at its checkpoint, in save_model and in push_to_hub.
+    assert [c["repo_id"] for c in saved.hub.commits] == [*repos, "user/tiny-trainer", "user/tiny-trainer"]
     commit = saved.hub.commits[0]
     expected = sorted(
         [*CODE_FILES, "README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
@@ -535,8 +546,12 @@ def test_fresh_process_never_imports_hf_dynmask(loaded):
 
 
 def test_model_and_trainer_pushes_upload_the_code(saved):
-    for commit in saved.hub.commits[1:]:  # model.push_to_hub, DynMaskTrainer.push_to_hub
-        assert set(CODE_FILES) | {"config.json", "model.safetensors", "README.md"} <= set(commit["paths"])
+    # model.push_to_hub; DynMaskTrainer's pushes at its checkpoint (hub_strategy="every_save"), in save_model and in
+    # push_to_hub.
+    messages = [commit["commit_message"] for commit in saved.hub.commits[2:]]
+    assert messages == ["Training in progress, step 2", "Model save", "End of training"]
+    for commit in saved.hub.commits[1:]:
+        assert set(CODE_FILES) | {"config.json", "model.safetensors"} <= set(commit["paths"]), commit["commit_message"]
         assert not any(path.startswith("checkpoint-") for path in commit["paths"])
 
 
