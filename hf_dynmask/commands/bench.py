@@ -379,6 +379,13 @@ def _run_once(model: torch.nn.Module, batches: list[dict[str, Any]], train: bool
     return time.perf_counter() - start
 
 
+def _dynamo_totals() -> dict[str, int]:
+    """Frames dynamo has compiled (first compiles and recompiles) and graph breaks it has met, so far."""
+    from torch._dynamo.utils import counters, get_compilation_metrics
+
+    return {"compiles": len(get_compilation_metrics()), "graph_breaks": sum(counters["graph_break"].values())}
+
+
 def _rss_bytes() -> int | None:
     try:
         with open("/proc/self/statm") as statm:
@@ -659,16 +666,22 @@ def _run_mode(pair, tokenizer, features, sampled, check_batch, settings, train, 
         "train" if train else "inference",
     )
     warm_up: dict[str, float] = {}
+    compile_stats: dict[str, dict[str, int]] = {}
     with progress:
         for name, (model, batches, extra) in methods.items():
             # Compiled models see every timed batch once here, so compiling stays out of the timing.
+            before = _dynamo_totals()
             warm_up[name] = _run_once(model, batches if extra.get("compiled") else batches[:1], train, device)
+            if extra.get("compiled"):
+                compile_stats[name] = {k: v - before[k] for k, v in _dynamo_totals().items()}
             progress.update()
+        timing_start = _dynamo_totals()
         best = dict.fromkeys(methods, float("inf"))
         for _ in range(settings.rounds):
             for name, (model, batches, _) in methods.items():
                 best[name] = min(best[name], _run_once(model, batches, train, device))
                 progress.update()
+        compiles_while_timing = _dynamo_totals()["compiles"] - timing_start["compiles"]
         memory: dict[str, float | None] = dict.fromkeys(methods)
         if settings.memory:
             for name, (model, batches, _) in methods.items():
@@ -698,6 +711,8 @@ def _run_mode(pair, tokenizer, features, sampled, check_batch, settings, train, 
         }
         if extra.get("compiled"):
             rows[name]["compile_seconds"] = warm_up[name]
+            rows[name].update(compile_stats[name])  # frames compiled and graph breaks during its warm-up
+            rows[name]["compiles_while_timing"] = compiles_while_timing  # all compiled methods together
     for name, row in rows.items():
         if name.endswith(COMPILED):
             row["speedup_vs_eager"] = row["real_tokens_per_s"] / rows[name.removesuffix(COMPILED)]["real_tokens_per_s"]
@@ -772,8 +787,13 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"\n{name}: {reason}")
         compiled = [(n, r) for n, r in rows.items() if n.endswith(COMPILED)]
         if compiled:
-            lines += ["", "| compiled method | vs eager | compile (warm-up) |", "|---|---:|---:|"]
-            lines += [f"| {n} | {r['speedup_vs_eager']:.2f}x | {r['compile_seconds']:.0f} s |" for n, r in compiled]
+            lines += ["", "| compiled method | vs eager | compile (warm-up) | frames compiled | graph breaks |"]
+            lines += ["|---|---:|---:|---:|---:|"]
+            lines += [
+                f"| {n} | {r['speedup_vs_eager']:.2f}x | {r['compile_seconds']:.0f} s | {r['compiles']} | "
+                f"{r['graph_breaks']} |"
+                for n, r in compiled
+            ]
     st = report.get("sentence_transformers")
     if st:
         lines += ["", "**SentenceTransformer.encode**", "", "| batches | stock s | DynMask s | speed-up |"]

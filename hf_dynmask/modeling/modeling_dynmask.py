@@ -121,6 +121,7 @@ class PaddedLayout(NamedTuple):
     real: torch.Tensor  # bool (B, T): True at real tokens
     position_ids: torch.Tensor  # int64 (B, T)
     allowed: torch.Tensor | object  # bool (B, 1, T, T), True = may attend; a BlockMask for flex
+    inputs: tuple  # (input_ids, inputs_embeds, token_type_ids), see _marked
 
 
 class UnpaddedLayout(NamedTuple):
@@ -129,6 +130,7 @@ class UnpaddedLayout(NamedTuple):
     index: UnpadIndex
     position_ids: torch.Tensor  # int64 (N,)
     batch: EncoderBatch
+    inputs: tuple  # (input_ids, inputs_embeds, token_type_ids), see _marked
 
 
 class PackedBatchLayout(NamedTuple):
@@ -138,6 +140,7 @@ class PackedBatchLayout(NamedTuple):
     position_ids: torch.Tensor  # int64 (N,)
     seq_idx: torch.Tensor  # int32 (N,)
     batch: EncoderBatch
+    inputs: tuple  # (input_ids, inputs_embeds, token_type_ids), see _marked
 
 
 @dataclass
@@ -156,6 +159,18 @@ def _mark_dynamic(tensor: torch.Tensor | None, *dims: int) -> None:
     """Tell torch.compile that these dimensions change from batch to batch (no recompiles for new sizes)."""
     if tensor is not None:
         torch._dynamo.maybe_mark_dynamic(tensor, list(dims))
+
+
+def _marked(inputs: tuple, compiling: bool, *dims: int) -> tuple:
+    """The model inputs for the compiled graph after the layout call: under compile, views of them with ``dims``
+    marked dynamic (marking the caller's own tensors would make the frames that already saw them recompile when
+    the same tensors come back); as given otherwise."""
+    if not compiling:
+        return inputs
+    views = tuple(None if t is None else t.view_as(t) for t in inputs)
+    for view in views:
+        _mark_dynamic(view, *dims)
+    return views
 
 
 def _check_implementation(config: DynMaskConfig) -> str:
@@ -516,12 +531,12 @@ class DynMaskModel(DynMaskPreTrainedModel):
         if reference.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(reference.shape)}")
         compiling = torch.compiler.is_compiling()
-        inputs = (input_ids, inputs_embeds, token_type_ids)  # under compile their (B, T) sizes are marked dynamic
+        inputs = (input_ids, inputs_embeds, token_type_ids)
         if cu_seq_lens_q is not None or cu_seq_lens_k is not None or seq_idx is not None:
             layout = self._layout_packed(
                 reference, attention_mask, position_ids, cu_seq_lens_q, cu_seq_lens_k, seq_idx, inputs, compiling
             )
-            return self._forward_packed(input_ids, inputs_embeds, token_type_ids, layout, output_hidden_states)
+            return self._forward_packed(*layout.inputs, layout, output_hidden_states)
         if attention_mask is None:
             attention_mask = torch.ones_like(reference, dtype=torch.long)
         if attention_mask.shape != reference.shape:
@@ -530,9 +545,9 @@ class DynMaskModel(DynMaskPreTrainedModel):
             )
         if self.config.masking == "dynamic" or _check_implementation(self.config) in FLASH_IMPLEMENTATIONS:
             layout = self._layout_unpadded(attention_mask, position_ids, inputs, compiling)
-            return self._forward_dynamic(input_ids, inputs_embeds, token_type_ids, layout, output_hidden_states)
+            return self._forward_dynamic(*layout.inputs, layout, output_hidden_states)
         layout = self._layout_padded(attention_mask, position_ids, inputs, compiling)
-        return self._forward_static(input_ids, inputs_embeds, token_type_ids, layout, output_hidden_states)
+        return self._forward_static(*layout.inputs, layout, output_hidden_states)
 
     # -- the three paths -------------------------------------------------------------------------------------------
 
@@ -603,9 +618,10 @@ class DynMaskModel(DynMaskPreTrainedModel):
             if compiling:
                 _mark_dynamic(allowed, 0, 2, 3)
         if compiling:
-            for tensor in (*inputs, attention_mask, real, position_ids):
-                _mark_dynamic(tensor, 0, 1)
-        return PaddedLayout(real, position_ids, allowed)
+            real, position_ids = real.view_as(real), position_ids.view_as(position_ids)
+            _mark_dynamic(real, 0, 1)
+            _mark_dynamic(position_ids, 0, 1)
+        return PaddedLayout(real, position_ids, allowed, _marked(inputs, compiling, 0, 1))
 
     @torch.compiler.disable
     def _layout_unpadded(self, attention_mask, position_ids, inputs, compiling: bool) -> UnpaddedLayout:
@@ -616,11 +632,9 @@ class DynMaskModel(DynMaskPreTrainedModel):
         )
         batch = self._packed_batch(index.cu_seqlens, index.max_seqlen, attention_mask.device, compiling)
         if compiling:
-            for tensor in (*inputs, attention_mask, position_ids):
-                _mark_dynamic(tensor, 0, 1)
             for tensor in (index.indices, index.cu_seqlens, packed_positions):
                 _mark_dynamic(tensor, 0)
-        return UnpaddedLayout(index, packed_positions, batch)
+        return UnpaddedLayout(index, packed_positions, batch, _marked(inputs, compiling, 0, 1))
 
     @torch.compiler.disable
     def _layout_packed(
@@ -656,11 +670,10 @@ class DynMaskModel(DynMaskPreTrainedModel):
         seq_idx = seq_idx_from_cu_seqlens(cu_seqlens)
         batch = self._packed_batch(cu_seqlens, max(lens), reference.device, compiling)
         if compiling:
-            for tensor in (*inputs, attention_mask, position_ids):
-                _mark_dynamic(tensor, 1)
+            cu_seqlens = cu_seqlens.view_as(cu_seqlens)  # .to(int32) may have returned the caller's tensor
             for tensor in (cu_seqlens, positions, seq_idx):
                 _mark_dynamic(tensor, 0)
-        return PackedBatchLayout(cu_seqlens, positions, seq_idx, batch)
+        return PackedBatchLayout(cu_seqlens, positions, seq_idx, batch, _marked(inputs, compiling, 1))
 
     # -- helpers ---------------------------------------------------------------------------------------------------
 
