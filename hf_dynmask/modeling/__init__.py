@@ -25,6 +25,7 @@ from .modeling_dynmask import (
     DynMaskModel,
     DynMaskModelOutput,
     DynMaskPreTrainedModel,
+    DynMaskTokenClassifierOutput,
 )
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "DynMaskModel",
     "DynMaskModelOutput",
     "DynMaskPreTrainedModel",
+    "DynMaskTokenClassifierOutput",
     "plan_varlen",
     "register_auto_classes",
     "varlen_attention",

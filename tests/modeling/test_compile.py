@@ -175,3 +175,22 @@ def test_inductor_compiles_packed_and_dynamic_batches():
                 batch.pop("labels")
                 torch.testing.assert_close(compiled(**batch)[0], model(**batch)[0], atol=1e-5, rtol=0)
     check_compiles(layouts=2)
+
+
+@pytest.mark.parametrize("lens", [[3, 10, 2, 9], [5, 5, 5], [9, 4, 1], [1]])  # mixed, all equal, sorted, one
+@pytest.mark.parametrize("causal", [False, True])
+def test_static_structure_plans_give_the_same_attention(lens, causal):
+    """The plan torch.compile uses (one group, every field filled) computes what the default plan does."""
+    from hf_dynmask import plan_varlen, varlen_attention
+
+    cu_seqlens = packed_layout(lens).cu_seqlens
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(sum(lens), 2, 4, generator=generator) for _ in range(3))
+    static = plan_varlen(cu_seqlens, bucket_ratio=0.0, static_structure=True)
+    assert len(static.groups) == 1 and static.inverse is not None
+    group = static.groups[0]
+    assert None not in (group.q_real_slots, group.q_real, group.key_allowed)
+    for kernel in ("sdpa", "eager"):
+        expected = varlen_attention(q, k, v, plan_varlen(cu_seqlens), scaling=0.5, is_causal=causal, kernel=kernel)
+        got = varlen_attention(q, k, v, static, scaling=0.5, is_causal=causal, kernel=kernel)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
