@@ -9,6 +9,7 @@ The package is layered; a layer imports only the layers above it in this list:
     data/       collators, MLM masking, packing, dataset preparation (uses modeling's layout vocabulary)
     training/   Trainer integration, callbacks, checks, evaluation, offline metrics
     sharing/    Hub helpers and model cards
+    integrations/   sentence-transformers and PEFT (beside training and sharing; optional dependencies)
     commands/   the ``hf-dynmask`` command line (demo, bench, inspect)
 """
 

@@ -5,9 +5,10 @@ a lazy import counts as much as a top-level one:
 
     modeling/   imports only the standard library, torch, transformers and its own modules (it ships as remote code)
     data/       also modeling's layout vocabulary (modeling/layout.py), nothing else of the package
-    training/   also modeling/ and data/
-    sharing/    also modeling/ and data/ (training and sharing are side by side: neither imports the other)
-    commands/   anything
+    training/       also modeling/ and data/
+    sharing/        also modeling/ and data/ (training and sharing are side by side: neither imports the other)
+    integrations/   also modeling/ and data/ (beside training and sharing: sentence-transformers and PEFT)
+    commands/       anything
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hf_dynmask"
-LAYERS = ("modeling", "data", "training", "sharing", "commands")
+LAYERS = ("modeling", "data", "training", "sharing", "integrations", "commands")
 # What each layer may import from the package, besides its own modules.
 ALLOWED = {
     "modeling": set(),
     "data": {"hf_dynmask.modeling.layout"},
     "training": {"modeling", "data"},
     "sharing": {"modeling", "data"},
-    "commands": {"modeling", "data", "training", "sharing"},
+    "integrations": {"modeling", "data"},
+    "commands": {"modeling", "data", "training", "sharing", "integrations"},
 }
 THIRD_PARTY_IN_MODELING = {"torch", "transformers"}
 

@@ -22,6 +22,13 @@ and the same stratified sample of its full batches is timed (``batches`` batches
 tokens per batch). Batches are collated up front, so only the model is timed. Methods are interleaved round by round
 and each keeps its best round, so machine noise hits all of them alike.
 
+With ``compile=True`` every method but ``hf_flattening`` is also timed under ``torch.compile`` (``<method>+compile``,
+same model object compiled once per family): its warm-up runs every timed batch once, so compilation (reported as
+``compile_seconds``) and the recompiles new shapes cause stay out of the timing, and ``speedup_vs_eager`` compares it
+with the eager method. With ``sentence_transformers=True`` the model also encodes the timed examples as a
+``SentenceTransformer``, stock against DynMask (:func:`~hf_dynmask.integrations.dynmask_sentence_transformer`), in
+sentence-transformers' own length-sorted batches and in the random batches of the other methods.
+
 Reported per method: real tokens per second, the ratio to ``hf_static``, the fraction of the FLOP-proportional limit
 (:func:`limit_speedup`), the padding fraction of its batches, the peak memory rise over its timed batches (CUDA: the
 allocator's peak; CPU: the resident set size sampled every millisecond, after freed memory is handed back to the OS,
@@ -75,12 +82,14 @@ __all__ = [
     "plot_bench",
     "resolve_device",
     "run_benchmark",
+    "run_sentence_transformers",
 ]
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "dynmask")
 MODES = ("inference", "train")
 REFERENCE = "hf_dynamic_random"
 BASELINE = "hf_static"
+COMPILED = "+compile"  # suffix of a method's torch.compile twin
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,9 @@ class BenchSettings:
     memory: bool = True
     device: str | None = None
     progress: bool = True
+    compile: bool = False  # also time every method (but hf_flattening) under torch.compile
+    compile_backend: str = "inductor"
+    sentence_transformers: bool = False  # also time SentenceTransformer.encode, stock against DynMask
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in the report's settings, not used
 
     def __post_init__(self) -> None:
@@ -419,6 +431,13 @@ def _run_once(model: torch.nn.Module, batches: list[dict[str, Any]], train: bool
     return time.perf_counter() - start
 
 
+def _dynamo_totals() -> dict[str, int]:
+    """Frames dynamo has compiled (first compiles and recompiles) and graph breaks it has met, so far."""
+    from torch._dynamo.utils import counters, get_compilation_metrics
+
+    return {"compiles": len(get_compilation_metrics()), "graph_breaks": sum(counters["graph_break"].values())}
+
+
 def _rss_bytes() -> int | None:
     try:
         with open("/proc/self/statm") as statm:
@@ -561,6 +580,15 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
 
 
+def _descriptions(settings: BenchSettings) -> dict[str, str]:
+    descriptions = {name: METHODS[name].description for name in settings.methods}
+    if settings.compile:
+        for name in settings.methods:
+            if METHODS[name].layout != "flattening":
+                descriptions[f"{name}{COMPILED}"] = f"{METHODS[name].description}, torch.compile"
+    return descriptions
+
+
 def run_benchmark(
     model_dir: str | Path,
     texts: Sequence[str],
@@ -613,7 +641,7 @@ def run_benchmark(
             "padding_fraction_at_max_length": 1 - float(np.mean(lengths)) / settings.max_length,
         },
         "settings": {k: v for k, v in asdict(settings).items() if k != "extra"} | settings.extra,
-        "methods": {name: METHODS[name].description for name in settings.methods},
+        "methods": _descriptions(settings),
         "results": {},
         "skipped": {},
     }
@@ -641,6 +669,11 @@ def run_benchmark(
             row["speedup_vs_static"] = row["real_tokens_per_s"] / rows[BASELINE]["real_tokens_per_s"]
             row["fraction_of_limit"] = row["speedup_vs_static"] / limit
         del pair
+    if settings.sentence_transformers:
+        order = sampled["random"]
+        report["sentence_transformers"] = run_sentence_transformers(
+            model_dir, [[texts[i] for i in batch] for batch in order], settings, device
+        )
     return report
 
 
@@ -672,20 +705,36 @@ def _run_mode(pair, tokenizer, features, sampled, check_batch, settings, train, 
         check = _to_device(collate([features[i] for i in check_batch]), device, train, method.layout)
         methods[name] = (model, batches, {"check": check, **report_note})
 
+    if settings.compile:
+        compiled: dict[int, torch.nn.Module] = {}
+        for name in [n for n in methods if METHODS[n].layout != "flattening"]:
+            model, batches, extra = methods[name]
+            if id(model) not in compiled:
+                compiled[id(model)] = torch.compile(model, backend=settings.compile_backend)
+            methods[f"{name}{COMPILED}"] = (compiled[id(model)], batches, {**extra, "compiled": True})
+
     progress = _progress(
         len(methods) * (settings.rounds + 1 + int(settings.memory)),
         settings.progress,
         "train" if train else "inference",
     )
+    warm_up: dict[str, float] = {}
+    compile_stats: dict[str, dict[str, int]] = {}
     with progress:
-        for model, batches, _ in methods.values():  # warm-up
-            _run_once(model, batches[:1], train, device)
+        for name, (model, batches, extra) in methods.items():
+            # Compiled models see every timed batch once here, so compiling stays out of the timing.
+            before = _dynamo_totals()
+            warm_up[name] = _run_once(model, batches if extra.get("compiled") else batches[:1], train, device)
+            if extra.get("compiled"):
+                compile_stats[name] = {k: v - before[k] for k, v in _dynamo_totals().items()}
             progress.update()
+        timing_start = _dynamo_totals()
         best = dict.fromkeys(methods, float("inf"))
         for _ in range(settings.rounds):
             for name, (model, batches, _) in methods.items():
                 best[name] = min(best[name], _run_once(model, batches, train, device))
                 progress.update()
+        compiles_while_timing = _dynamo_totals()["compiles"] - timing_start["compiles"]
         memory: dict[str, float | None] = dict.fromkeys(methods)
         if settings.memory:
             for name, (model, batches, _) in methods.items():
@@ -711,8 +760,15 @@ def _run_mode(pair, tokenizer, features, sampled, check_batch, settings, train, 
             "padding_fraction": 1 - real / padded,
             "peak_memory_mib": memory[name],
             "max_abs_diff": diff,
-            **{k: v for k, v in extra.items() if k != "check"},
+            **{k: v for k, v in extra.items() if k not in ("check", "compiled")},
         }
+        if extra.get("compiled"):
+            rows[name]["compile_seconds"] = warm_up[name]
+            rows[name].update(compile_stats[name])  # frames compiled and graph breaks during its warm-up
+            rows[name]["compiles_while_timing"] = compiles_while_timing  # all compiled methods together
+    for name, row in rows.items():
+        if name.endswith(COMPILED):
+            row["speedup_vs_eager"] = row["real_tokens_per_s"] / rows[name.removesuffix(COMPILED)]["real_tokens_per_s"]
     if "hf_flattening" in settings.methods and plan.attn_implementation is not None:
         skipped["hf_flattening[sdpa]"] = (
             "not run: with attn_implementation='sdpa' or 'eager', transformers' create_bidirectional_mask ignores "
@@ -720,6 +776,50 @@ def _run_mode(pair, tokenizer, features, sampled, check_batch, settings, train, 
         )
     del flat_model
     return rows, skipped
+
+
+def run_sentence_transformers(
+    model_dir: str | Path, batches: list[list[str]], settings: BenchSettings, device: torch.device
+) -> dict[str, Any]:
+    """``SentenceTransformer.encode`` of the texts of ``batches``, stock against DynMask, best of ``rounds``.
+
+    ``sorted``: one ``encode`` call over all texts (sentence-transformers sorts them by length and batches them
+    itself); ``random``: one call per batch of the random order, as a stream of requests would come. Returns the
+    seconds of each, the speed-ups and the largest difference between the two models' embeddings.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    from ..integrations.sentence_transformers import dynmask_sentence_transformer
+
+    stock = SentenceTransformer(str(model_dir), device=str(device))
+    dynmask = dynmask_sentence_transformer(model_dir, device=str(device))
+    for model in (stock, dynmask):
+        model.max_seq_length = settings.max_length
+    texts = [text for batch in batches for text in batch]
+    runs = {
+        "sorted": lambda model: model.encode(texts, batch_size=settings.batch_size),
+        "random": lambda model: [model.encode(batch, batch_size=len(batch)) for batch in batches],
+    }
+    result: dict[str, Any] = {"texts": len(texts)}
+    for order, encode in runs.items():
+        best = {"stock": float("inf"), "dynmask": float("inf")}
+        for model in (stock, dynmask):  # warm-up
+            encode(model)
+        for _ in range(settings.rounds):
+            for name, model in (("stock", stock), ("dynmask", dynmask)):
+                _synchronize(device)
+                start = time.perf_counter()
+                encode(model)
+                _synchronize(device)
+                best[name] = min(best[name], time.perf_counter() - start)
+        result[order] = {
+            "stock_seconds": best["stock"],
+            "dynmask_seconds": best["dynmask"],
+            "speedup": best["stock"] / best["dynmask"],
+        }
+    difference = stock.encode(texts, convert_to_tensor=True) - dynmask.encode(texts, convert_to_tensor=True)
+    result["max_abs_diff"] = float(difference.abs().max())
+    return result
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -738,6 +838,23 @@ def markdown(report: dict[str, Any]) -> str:
             )
         for name, reason in report.get("skipped", {}).get(mode, {}).items():
             lines.append(f"\n{name}: {reason}")
+        compiled = [(n, r) for n, r in rows.items() if n.endswith(COMPILED)]
+        if compiled:
+            lines += ["", "| compiled method | vs eager | compile (warm-up) | frames compiled | graph breaks |"]
+            lines += ["|---|---:|---:|---:|---:|"]
+            lines += [
+                f"| {n} | {r['speedup_vs_eager']:.2f}x | {r['compile_seconds']:.0f} s | {r['compiles']} | "
+                f"{r['graph_breaks']} |"
+                for n, r in compiled
+            ]
+    st = report.get("sentence_transformers")
+    if st:
+        lines += ["", "**SentenceTransformer.encode**", "", "| batches | stock s | DynMask s | speed-up |"]
+        lines += ["|---|---:|---:|---:|"]
+        for order in ("sorted", "random"):
+            r = st[order]
+            lines.append(f"| {order} | {r['stock_seconds']:.3f} | {r['dynmask_seconds']:.3f} | {r['speedup']:.2f}x |")
+        lines.append(f"\nlargest embedding difference: {st['max_abs_diff']:.1e}")
     return "\n".join(lines)
 
 

@@ -377,6 +377,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         memory=args.memory,
         device=args.device,
         progress=args.progress,
+        compile=args.compile,
+        compile_backend=args.compile_backend,
+        sentence_transformers=args.sentence_transformers,
         extra={"dataset": args.dataset, "text_column": args.text_column, "split": args.split, "limit": args.limit},
     )
     if args.plot is not None:
@@ -512,6 +515,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
     bench.add_argument("--seed", type=_seed, default=0)
     bench.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak memory pass")
+    bench.add_argument(
+        "--compile", action="store_true", help="also time every method under torch.compile (<method>+compile)"
+    )
+    bench.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: inductor)")
+    bench.add_argument(
+        "--sentence-transformers",
+        action="store_true",
+        help="also time SentenceTransformer.encode, stock against DynMask (needs sentence-transformers)",
+    )
     bench.add_argument("--json", type=_output_path, help="write the report as JSON")
     bench.add_argument("--plot", type=_output_path, help="write a PNG of tokens/s per method (needs matplotlib)")
     bench.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

@@ -26,6 +26,7 @@ from .modeling_dynmask import (
     DynMaskModel,
     DynMaskModelOutput,
     DynMaskPreTrainedModel,
+    DynMaskTokenClassifierOutput,
 )
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "DynMaskModel",
     "DynMaskModelOutput",
     "DynMaskPreTrainedModel",
+    "DynMaskTokenClassifierOutput",
     "plan_varlen",
     "register_auto_classes",
     "varlen_attention",

@@ -98,7 +98,10 @@ def _bounds(cu_seqlens: torch.Tensor, name: str) -> list[int]:
 
 
 def plan_varlen(
-    cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor | None = None, bucket_ratio: float = 0.8
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor | None = None,
+    bucket_ratio: float = 0.8,
+    static_structure: bool = False,
 ) -> VarlenPlan:
     """Group the sequences of a packed batch by length for :func:`varlen_attention`.
 
@@ -110,6 +113,10 @@ def plan_varlen(
     Args:
         cu_seqlens_q: int32 ``(S + 1,)``, starting at 0: the queries' boundaries.
         cu_seqlens_k: int32 ``(S + 1,)``: the keys' boundaries; None (or the same tensor) for self-attention.
+        static_structure: fill every optional tensor of the plan (``q_real_slots``, ``q_real``, ``key_allowed``,
+            ``inverse``) even where it would be a no-op, so that batches of any lengths give plans of the same
+            structure; with ``bucket_ratio=0.0`` (one group) ``torch.compile`` then reuses one graph for every batch
+            instead of recompiling whenever the lengths happen to be equal or already sorted.
 
     Lengths [3, 10, 2, 9]: the two long ones share a padded (2, 10) block, the short ones a (2, 3) block.
 
@@ -157,7 +164,7 @@ def plan_varlen(
             k_gather, k_real = q_gather, q_real
         else:
             k_gather, k_real = _block(bounds_k, lens_k, members, device)
-        q_all_real = bool(q_real.all())
+        q_all_real = bool(q_real.all()) and not static_structure
         q_real_slots = None if q_all_real else torch.nonzero(q_real.reshape(-1)).flatten()
         gathered_real.append(q_gather if q_real_slots is None else q_gather[q_real_slots])
         offsets = [lens_k[s] - lens_q[s] for s in members]
@@ -170,7 +177,7 @@ def plan_varlen(
                 k_gather=k_gather,
                 q_real_slots=q_real_slots,
                 q_real=None if q_all_real else q_real,
-                key_allowed=None if bool(k_real.all()) else k_real[:, None, None, :],
+                key_allowed=None if bool(k_real.all()) and not static_structure else k_real[:, None, None, :],
                 diagonal=diagonal,
                 num_seqs=len(members),
                 q_len=q_real.shape[1],
@@ -180,7 +187,7 @@ def plan_varlen(
 
     order_out = torch.cat(gathered_real)
     num_q_tokens = bounds_q[-1]
-    identity = torch.equal(order_out, torch.arange(num_q_tokens, device=device))
+    identity = not static_structure and torch.equal(order_out, torch.arange(num_q_tokens, device=device))
     return VarlenPlan(tuple(groups), None if identity else torch.argsort(order_out), num_q_tokens, bounds_k[-1])
 
 
@@ -196,6 +203,14 @@ def _block(bounds: list[int], lens: list[int], members: list[int], device) -> tu
     return gather, is_real
 
 
+def _block_shape(group: LengthGroup) -> tuple[int, int, int]:
+    """``(n, Lq, Lk)`` of a group's blocks, read from its mask tensors when it has them (a plan built with
+    ``static_structure=True``): under ``torch.compile`` those sizes are symbolic, so new lengths reuse the graph."""
+    if group.q_real is not None and group.key_allowed is not None:
+        return group.q_real.shape[0], group.q_real.shape[1], group.key_allowed.shape[-1]
+    return group.num_seqs, group.q_len, group.k_len
+
+
 def _group_mask(group: LengthGroup, is_causal: bool, sliding_window: int | None) -> torch.Tensor | None:
     """Bool ``(n, 1, Lq, Lk)`` (or broadcastable), True = may attend, for one length group; None = attend to all.
 
@@ -205,10 +220,11 @@ def _group_mask(group: LengthGroup, is_causal: bool, sliding_window: int | None)
     if not is_causal and sliding_window is None:
         return group.key_allowed
     device = group.q_gather.device
-    q_pos = torch.arange(group.q_len, device=device).view(1, 1, -1, 1)  # (1, 1, Lq, 1)
+    _, q_len, k_len = _block_shape(group)
+    q_pos = torch.arange(q_len, device=device).view(1, 1, -1, 1)  # (1, 1, Lq, 1)
     if group.diagonal is not None:
         q_pos = q_pos + group.diagonal  # each query's position on its sequence's key axis
-    distance = q_pos - torch.arange(group.k_len, device=device).view(1, 1, 1, -1)  # query minus key position
+    distance = q_pos - torch.arange(k_len, device=device).view(1, 1, 1, -1)  # query minus key position
     allowed = distance >= 0 if is_causal else torch.ones_like(distance, dtype=torch.bool)
     if sliding_window is not None:
         allowed = allowed & (distance.abs() < sliding_window)
@@ -274,7 +290,10 @@ def varlen_attention(
     """
     if kernel not in ("sdpa", "eager"):
         raise ValueError(f"kernel must be 'sdpa' or 'eager', got {kernel!r}")
-    if query.shape[0] != plan.num_q_tokens or key.shape[0] != plan.num_k_tokens:
+    # (Not under torch.compile, where comparing with the plan's ints would fix the token count in the graph; a
+    # mismatched plan still fails there, at the reshape back to the queries' shape.)
+    compiling = torch.compiler.is_compiling()
+    if not compiling and (query.shape[0] != plan.num_q_tokens or key.shape[0] != plan.num_k_tokens):
         raise ValueError(
             f"query has {query.shape[0]} tokens and key {key.shape[0]} but the plan describes {plan.num_q_tokens} "
             f"and {plan.num_k_tokens}: the boundaries (cu_seq_lens_q/k) belong to another batch"
@@ -288,10 +307,10 @@ def varlen_attention(
     dropout_p = dropout_p if training else 0.0
     outputs = []
     for group in plan.groups:
-        n = group.num_seqs
-        q = query.index_select(0, group.q_gather).view(n, group.q_len, num_heads, -1).transpose(1, 2)
+        n, q_len, k_len = _block_shape(group)
+        q = query.index_select(0, group.q_gather).view(n, q_len, num_heads, -1).transpose(1, 2)
         k, v = (
-            t.index_select(0, group.k_gather).view(n, group.k_len, kv_heads, -1).transpose(1, 2) for t in (key, value)
+            t.index_select(0, group.k_gather).view(n, k_len, kv_heads, -1).transpose(1, 2) for t in (key, value)
         )  # (n, H, Lq, D) and (n, Hkv, Lk, D) blocks from here on
         k, v = _repeat_kv(k, num_heads // kv_heads), _repeat_kv(v, num_heads // kv_heads)
         plain_causal = (
@@ -306,7 +325,7 @@ def varlen_attention(
             if plain_causal:
                 allowed = _group_mask(group, True, None)
             out = _eager(q, k, v, allowed, scaling, dropout_p, training, softcap)
-        out = out.transpose(1, 2).reshape(n * group.q_len, num_heads, -1)  # (n * Lq, H, D)
+        out = out.transpose(1, 2).reshape(n * q_len, num_heads, -1)  # (n * Lq, H, D)
         outputs.append(out if group.q_real_slots is None else out.index_select(0, group.q_real_slots))
     packed = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     return packed if plan.inverse is None else packed.index_select(0, plan.inverse)

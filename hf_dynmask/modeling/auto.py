@@ -7,35 +7,15 @@ Called on ``import hf_dynmask``; idempotent. After it, ``AutoConfig.for_model("d
 
 from __future__ import annotations
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+import transformers
+from transformers import AutoConfig
 
 from .attention import register_attention
 from .configuration_dynmask import DynMaskConfig
-from .modeling_dynmask import (
-    DynMaskForCausalLM,
-    DynMaskForMaskedLM,
-    DynMaskForQuestionAnswering,
-    DynMaskForSequenceClassification,
-    DynMaskForTokenClassification,
-    DynMaskModel,
-)
+from .modeling_dynmask import AUTO_CLASS_NAMES
 
-AUTO_CLASSES = {
-    AutoModel: DynMaskModel,
-    AutoModelForMaskedLM: DynMaskForMaskedLM,
-    AutoModelForCausalLM: DynMaskForCausalLM,
-    AutoModelForSequenceClassification: DynMaskForSequenceClassification,
-    AutoModelForTokenClassification: DynMaskForTokenClassification,
-    AutoModelForQuestionAnswering: DynMaskForQuestionAnswering,
-}
+#: transformers Auto class -> DynMask model class (the pairs of :data:`~.modeling_dynmask.AUTO_CLASS_NAMES`).
+AUTO_CLASSES = {getattr(transformers, auto_name): model for model, auto_name in AUTO_CLASS_NAMES.items()}
 
 
 def register_auto_classes() -> None:

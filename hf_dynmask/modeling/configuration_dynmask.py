@@ -181,4 +181,8 @@ class DynMaskConfig(PretrainedConfig):
         return self.max_position_embeddings - self.position_start
 
 
+# Saving a config copies this module next to it and names it in ``auto_map`` (``AutoConfig``), so the folder loads with
+# ``trust_remote_code=True`` where hf_dynmask is not installed. Models add their own entries (modeling_dynmask.py).
+DynMaskConfig.register_for_auto_class()
+
 __all__ = ["DynMaskConfig"]

@@ -295,6 +295,7 @@ def _warn_if_nothing_to_learn(valid: int, num_items_in_batch) -> None:
         )
 
 
+@torch.compiler.disable  # a host read of the labels: one boundary, outside compiled graphs
 def check_token_labels(labels, num_classes: int, what: str, num_items_in_batch=None) -> None:
     """Per-token class labels: integers in ``[0, num_classes)`` or ``-100``; one host read.
 
@@ -330,6 +331,7 @@ def _raise_for_classes(low: int, high: int, num_classes: int, what: str) -> None
         )
 
 
+@torch.compiler.disable  # a host read of the labels: one boundary, outside compiled graphs
 def check_sequence_labels(config, labels, num_items_in_batch=None) -> None:
     """One label per sequence, as transformers' sequence-classification loss reads it; one host read at most.
 
@@ -375,6 +377,7 @@ def check_sequence_labels(config, labels, num_items_in_batch=None) -> None:
     _check_classes(labels, num_labels, "config.num_labels", num_items_in_batch)
 
 
+@torch.compiler.disable  # a host read of the labels: one boundary, outside compiled graphs
 def check_answer_positions(start_positions, end_positions, first: torch.Tensor, lens: torch.Tensor, length) -> None:
     """Answer spans: integer token indices with ``start <= end``, on real tokens, or at ``length`` and beyond (outside
     the logits, where transformers' loss ignores them); one host read.

@@ -100,16 +100,85 @@ class EncoderBatch(NamedTuple):
 class DynMaskModelOutput(BaseModelOutputWithPooling):
     """[`BaseModelOutputWithPooling`] plus the hidden state of every sequence's first token.
 
-    Shapes: ``last_hidden_state`` follows the input, ``(B, T, h)`` padded (zeros at padding under dynamic masking)
-    or ``(1, N, h)`` packed; ``first_token_state`` and ``pooler_output`` are ``(B or S, h)``, one row per sequence
-    (its first real token, whatever the padding side). Under dynamic masking, ``packed_hidden_state`` ``(N, h)`` and
-    ``unpad_index`` also give the real tokens before they were scattered back, so per-token heads run on real tokens
-    only (:meth:`DynMaskPreTrainedModel._per_token`).
+    Every field is indexed by the rows of the input, as transformers' outputs are (pipelines and the Trainer split
+    and stack them per row): ``last_hidden_state`` follows the input, ``(B, T, h)`` padded (zeros at padding under
+    dynamic masking) or ``(1, N, h)`` packed; ``first_token_state`` and ``pooler_output`` are ``(B, h)`` padded (each
+    row's first real token, whatever the padding side) or ``(S, h)`` packed, one row per sequence.
     """
 
     first_token_state: torch.Tensor | None = None
-    packed_hidden_state: torch.Tensor | None = None
+
+
+class EncoderResult(NamedTuple):
+    """What the encoder hands its heads (:meth:`DynMaskModel._encode_inputs`); internal, never a model output.
+
+    Under dynamic masking of a padded batch, ``packed_hidden_state`` ``(N, h)`` and ``unpad_index`` are the real
+    tokens before they were scattered back to ``(B, T, h)``, so per-token heads run on real tokens only
+    (:meth:`DynMaskPreTrainedModel._per_token`); None otherwise. ``seq_idx`` is set for packed batches.
+    """
+
+    output: DynMaskModelOutput
+    packed_hidden_state: torch.Tensor | None = None  # (N, h)
     unpad_index: UnpadIndex | None = None
+    seq_idx: torch.Tensor | None = None  # int32 (N,): a packed batch's sequence of each token
+
+
+class PaddedLayout(NamedTuple):
+    """A padded batch computed in full (static masking), checked once per forward."""
+
+    real: torch.Tensor  # bool (B, T): True at real tokens
+    position_ids: torch.Tensor  # int64 (B, T)
+    allowed: torch.Tensor | object  # bool (B, 1, T, T), True = may attend; a BlockMask for flex
+    inputs: tuple  # (input_ids, inputs_embeds, token_type_ids), see _marked
+
+
+class UnpaddedLayout(NamedTuple):
+    """A padded batch whose padding is stripped before the embeddings (dynamic masking), checked once per forward."""
+
+    index: UnpadIndex
+    position_ids: torch.Tensor  # int64 (N,)
+    batch: EncoderBatch
+    inputs: tuple  # (input_ids, inputs_embeds, token_type_ids), see _marked
+
+
+class PackedBatchLayout(NamedTuple):
+    """A packed row, checked once per forward."""
+
+    cu_seqlens: torch.Tensor  # int32 (S + 1,)
+    position_ids: torch.Tensor  # int64 (N,)
+    seq_idx: torch.Tensor  # int32 (N,)
+    batch: EncoderBatch
+    inputs: tuple  # (input_ids, inputs_embeds, token_type_ids), see _marked
+
+
+@dataclass
+class DynMaskTokenClassifierOutput(TokenClassifierOutput):
+    """[`TokenClassifierOutput`]; for a packed batch also ``seq_idx`` ``(1, N)`` int32, the sequence of every token.
+
+    The Trainer gathers every output next to the logits, so ``compute_metrics`` gets each packed row's boundaries
+    with its predictions (:func:`hf_dynmask.training.evaluation.per_example_tokens`) and never scores a pack of
+    sequences as one example. None for padded batches.
+    """
+
+    seq_idx: torch.Tensor | None = None
+
+
+def _mark_dynamic(tensor: torch.Tensor | None, *dims: int) -> None:
+    """Tell torch.compile that these dimensions change from batch to batch (no recompiles for new sizes)."""
+    if tensor is not None:
+        torch._dynamo.maybe_mark_dynamic(tensor, list(dims))
+
+
+def _marked(inputs: tuple, compiling: bool, *dims: int) -> tuple:
+    """The model inputs for the compiled graph after the layout call: under compile, views of them with ``dims``
+    marked dynamic (marking the caller's own tensors would make the frames that already saw them recompile when
+    the same tensors come back); as given otherwise."""
+    if not compiling:
+        return inputs
+    views = tuple(None if t is None else t.view_as(t) for t in inputs)
+    for view in views:
+        _mark_dynamic(view, *dims)
+    return views
 
 
 def _check_implementation(config: DynMaskConfig) -> str:
@@ -298,6 +367,9 @@ class DynMaskPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _no_split_modules = ["DynMaskEmbeddings", "DynMaskLayer"]
+    # BERT / RoBERTa checkpoints of older transformers versions store the ``position_ids`` buffer of their embeddings,
+    # which DynMask does not keep (positions are computed per batch); the stock models skip it silently too.
+    _keys_to_ignore_on_load_unexpected = [r"(^|\.)embeddings\.position_ids$"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -305,10 +377,25 @@ class DynMaskPreTrainedModel(PreTrainedModel):
         if isinstance(module, (DynMaskBertLMHead, DynMaskRobertaLMHead)):
             module.bias.zero_()
 
-    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs):
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' ``save_pretrained``, writing a folder that also loads where hf_dynmask is not installed.
+
+        Every DynMask class is registered for its Auto class (``register_for_auto_class``, see
+        :data:`AUTO_CLASS_NAMES`), so transformers itself copies this module and the siblings it imports next to the
+        weights (``custom_object_save``). Here ``config.auto_map`` also names the config and every other head, so any
+        ``AutoModelFor....from_pretrained(folder, trust_remote_code=True)`` loads the folder with torch and
+        transformers alone; where hf_dynmask is imported, its registered classes load it instead (transformers prefers
+        a registered class to an ``auto_map``). ``push_to_hub``, ``Trainer.save_model``, Trainer checkpoints and
+        ``Trainer.push_to_hub`` all save through here.
+        """
+        if type(self) in AUTO_CLASS_NAMES:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **auto_map()}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs) -> EncoderResult:
         """The heads' encoder call. Each head names these inputs in its own ``forward``, because transformers'
         ``Trainer(remove_unused_columns=True)`` keeps only the dataset columns a signature names."""
-        return self.bert(
+        return self.bert._encode_inputs(
             input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
@@ -318,7 +405,7 @@ class DynMaskPreTrainedModel(PreTrainedModel):
         )
 
     @staticmethod
-    def _per_token(outputs: DynMaskModelOutput, head, labels: torch.Tensor | None, shift: bool = False):
+    def _per_token(encoded: EncoderResult, head, labels: torch.Tensor | None, shift: bool = False):
         """Apply a per-token head and line its labels up with its logits.
 
         Under dynamic masking the head runs on the ``N`` real tokens only (a vocabulary projection at padding is the
@@ -326,11 +413,12 @@ class DynMaskPreTrainedModel(PreTrainedModel):
         for the output. ``shift=True`` (causal LM) shifts the labels inside each padded row first, so no label is
         predicted across sequences. Returns ``(output logits, loss logits, loss labels, shift_labels)``.
         """
-        if outputs.unpad_index is None:
-            logits = head(outputs.last_hidden_state)
+        if encoded.unpad_index is None:
+            logits = head(encoded.output.last_hidden_state)
             return logits, logits, labels, None
-        index = outputs.unpad_index
-        packed_logits = head(outputs.packed_hidden_state)  # (N, C)
+        batch_size, seqlen = encoded.output.last_hidden_state.shape[:2]  # symbolic under torch.compile
+        index = encoded.unpad_index._replace(batch_size=batch_size, seqlen=seqlen)
+        packed_logits = head(encoded.packed_hidden_state)  # (N, C)
         loss_labels = shift_labels = None
         if labels is not None:
             if labels.shape != (index.batch_size, index.seqlen):
@@ -368,7 +456,14 @@ class DynMaskPreTrainedModel(PreTrainedModel):
 
 
 class DynMaskModel(DynMaskPreTrainedModel):
-    """The encoder. Accepts padded batches (``attention_mask`` ``(B, T)``) and packed ones (``cu_seq_lens_q``)."""
+    """The encoder. Accepts padded batches (``attention_mask`` ``(B, T)``) and packed ones (``cu_seq_lens_q``).
+
+    Works under ``torch.compile(model)`` with batches of changing shapes: the checks, index maps and attention plan
+    that depend on the values of the boundaries or the mask are built in one call per forward kept out of the
+    compiled graphs (``_layout_*``, ``torch.compiler.disable``), their varying dimensions are marked dynamic, and
+    under compile the packed attention plan has one structure for every batch (a single length group, every field
+    filled), so the graph after that call is reused for new shapes.
+    """
 
     def __init__(self, config: DynMaskConfig, add_pooling_layer: bool = True):
         super().__init__(config)
@@ -413,6 +508,35 @@ class DynMaskModel(DynMaskPreTrainedModel):
         positions inside the position table and never restarting between real tokens of a padded row (several
         sequences in one row need boundaries), padding on one side of each row.
         """
+        return self._encode_inputs(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            inputs_embeds,
+            cu_seq_lens_q=cu_seq_lens_q,
+            cu_seq_lens_k=cu_seq_lens_k,
+            seq_idx=seq_idx,
+            output_hidden_states=output_hidden_states,
+        ).output
+
+    def _encode_inputs(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cu_seq_lens_q: torch.Tensor | None = None,
+        cu_seq_lens_k: torch.Tensor | None = None,
+        max_length_q: int | None = None,
+        max_length_k: int | None = None,
+        seq_idx: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> EncoderResult:
+        """:meth:`forward` for the heads: the output plus what per-token heads need (:class:`EncoderResult`)."""
         output_hidden_states = bool(output_hidden_states)
         reference = check_encoder_inputs(
             self.config,
@@ -425,80 +549,121 @@ class DynMaskModel(DynMaskPreTrainedModel):
             cu_seq_lens_k,
             seq_idx,
         )
-        if cu_seq_lens_k is not None and cu_seq_lens_q is not None and not torch.equal(cu_seq_lens_k, cu_seq_lens_q):
-            raise ValueError("DynMask is an encoder with self-attention: cu_seq_lens_k must equal cu_seq_lens_q")
-        cu_seqlens = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
-        if cu_seqlens is None and seq_idx is not None:
-            cu_seqlens = cu_seqlens_from_seq_idx(seq_idx)
-
-        if cu_seqlens is not None:
-            return self._forward_packed(
-                input_ids,
-                inputs_embeds,
-                attention_mask,
-                token_type_ids,
-                position_ids,
-                cu_seqlens,
-                output_hidden_states,
+        compiling = torch.compiler.is_compiling()
+        inputs = (input_ids, inputs_embeds, token_type_ids)
+        if cu_seq_lens_q is not None or cu_seq_lens_k is not None or seq_idx is not None:
+            layout = self._layout_packed(
+                reference, attention_mask, position_ids, cu_seq_lens_q, cu_seq_lens_k, seq_idx, inputs, compiling
             )
+            return self._forward_packed(*layout.inputs, layout, output_hidden_states)
         if attention_mask is None:
             attention_mask = torch.ones_like(reference, dtype=torch.long)
         if position_ids is not None:
             position_ids = position_ids.expand(reference.shape)  # a (1, T) row serves every row
-        check_padded_values(self.config, input_ids, token_type_ids, position_ids, attention_mask)
         if self.config.masking == "dynamic" or _check_implementation(self.config) in FLASH_IMPLEMENTATIONS:
-            return self._forward_dynamic(
-                input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, output_hidden_states
-            )
-        return self._forward_static(
-            input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, output_hidden_states
-        )
+            layout = self._layout_unpadded(attention_mask, position_ids, inputs, compiling)
+            return self._forward_dynamic(*layout.inputs, layout, output_hidden_states)
+        layout = self._layout_padded(attention_mask, position_ids, inputs, compiling)
+        return self._forward_static(*layout.inputs, layout, output_hidden_states)
 
     # -- the three paths -------------------------------------------------------------------------------------------
 
-    def _forward_static(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, output_hidden):
-        """Every position computed, padding included; the inputs are validated by the caller."""
-        real = attention_mask.bool()
-        if position_ids is None:
-            # Positions restart at every sequence's first real token, so left and right padding agree.
-            position_ids = (real.long().cumsum(1) - 1).clamp(min=0) + self.config.position_start
+    def _forward_static(self, input_ids, inputs_embeds, token_type_ids, layout: PaddedLayout, output_hidden):
+        """Every position computed, padding included, with a ``(B, 1, T, T)`` mask."""
         if inputs_embeds is not None:
             # Padding is computed here but never attended to; zeros keep a non-finite value there (which the
             # dynamic path never reads) from reaching real tokens through the attention's values.
-            inputs_embeds = inputs_embeds.masked_fill(~real[..., None], 0.0)
-        hidden = self.embeddings(input_ids, inputs_embeds, position_ids, token_type_ids)
-        batch = EncoderBatch(packed=False, attention_mask=self._padded_mask(real, hidden.dtype))
-        hidden, all_hidden = self.encoder(hidden, batch, output_hidden)
-        first = real.long().argmax(dim=1)  # first real token of each row, either padding side
+            inputs_embeds = inputs_embeds.masked_fill(~layout.real[..., None], 0.0)
+        hidden = self.embeddings(input_ids, inputs_embeds, layout.position_ids, token_type_ids)  # (B, T, h)
+        name = _check_implementation(self.config)
+        mask = to_additive(layout.allowed, hidden.dtype) if name == "eager" else layout.allowed
+        hidden, all_hidden = self.encoder(hidden, EncoderBatch(packed=False, attention_mask=mask), output_hidden)
+        first = layout.real.long().argmax(dim=1)  # first real token of each row, either padding side
         first_token_state = hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
-        return self._output(hidden, first_token_state, all_hidden)
+        return EncoderResult(self._output(hidden, first_token_state, all_hidden))
 
-    def _forward_dynamic(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, output_hidden):
+    def _forward_dynamic(self, input_ids, inputs_embeds, token_type_ids, layout: UnpaddedLayout, output_hidden):
         """Padding stripped before the embeddings, restored at the output (zeros at padding)."""
-        index = unpad_index(attention_mask)
-        packed_positions = None if position_ids is None else unpad(position_ids, index)
-        packed = self._run_packed(
+        # The padded shape read from the input (symbolic under torch.compile) rather than the index's ints.
+        batch_size, seqlen = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        index = layout.index._replace(batch_size=batch_size, seqlen=seqlen)
+        hidden = self.embeddings(
             None if input_ids is None else unpad(input_ids, index),
             None if inputs_embeds is None else unpad(inputs_embeds, index),
+            layout.position_ids,
             None if token_type_ids is None else unpad(token_type_ids, index),
-            packed_positions,
-            index.cu_seqlens,
-            index.max_seqlen,
-            output_hidden,
-        )
-        hidden, first_token_state, all_hidden = packed
+        )  # (N, h)
+        hidden, all_hidden = self.encoder(hidden, layout.batch, output_hidden)
+        first_token_state = hidden.index_select(0, index.cu_seqlens[:-1].long())
         output = self._output(
             repad(hidden, index),
             first_token_state,
             None if all_hidden is None else [repad(h, index) for h in all_hidden],
         )
-        output.packed_hidden_state, output.unpad_index = hidden, index
-        return output
+        return EncoderResult(output, hidden, index)
 
-    def _forward_packed(
-        self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, cu_seqlens, output_hidden
-    ):
-        reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
+    def _forward_packed(self, input_ids, inputs_embeds, token_type_ids, layout: PackedBatchLayout, output_hidden):
+        """One row of ``N`` packed tokens; outputs keep the packed shape, one pooled row per sequence."""
+        hidden = self.embeddings(
+            None if input_ids is None else input_ids[0],
+            None if inputs_embeds is None else inputs_embeds[0],
+            layout.position_ids,
+            None if token_type_ids is None else token_type_ids[0],
+        )  # (N, h)
+        hidden, all_hidden = self.encoder(hidden, layout.batch, output_hidden)
+        first_token_state = hidden.index_select(0, layout.cu_seqlens[:-1].long())
+        all_hidden = None if all_hidden is None else [h.unsqueeze(0) for h in all_hidden]
+        return EncoderResult(self._output(hidden.unsqueeze(0), first_token_state, all_hidden), seq_idx=layout.seq_idx)
+
+    # -- the per-batch layouts: every check and data-dependent index of a forward, out of compiled graphs ----------
+
+    @torch.compiler.disable
+    def _layout_padded(self, attention_mask, position_ids, inputs, compiling: bool) -> PaddedLayout:
+        check_padded_values(self.config, inputs[0], inputs[2], position_ids, attention_mask)
+        real = attention_mask.bool()
+        if position_ids is None:
+            # Positions restart at every sequence's first real token, so left and right padding agree.
+            position_ids = (real.long().cumsum(1) - 1).clamp(min=0) + self.config.position_start
+        causal = bool(self.config.is_decoder)
+        if _check_implementation(self.config) == "flex_attention":
+            from .masks import and_masks, padding
+            from .masks import causal as causal_fn
+
+            mask_fn = and_masks(padding(real), causal_fn()) if causal else padding(real)
+            allowed = to_block_mask(mask_fn, real.shape[0], real.shape[1], real.shape[1], device=real.device)
+        else:
+            allowed = padding_to_bool_4d(real, causal=causal)  # (B, 1, T, T), True = may attend
+            if compiling:
+                _mark_dynamic(allowed, 0, 2, 3)
+        if compiling:
+            real, position_ids = real.view_as(real), position_ids.view_as(position_ids)
+            _mark_dynamic(real, 0, 1)
+            _mark_dynamic(position_ids, 0, 1)
+        return PaddedLayout(real, position_ids, allowed, _marked(inputs, compiling, 0, 1))
+
+    @torch.compiler.disable
+    def _layout_unpadded(self, attention_mask, position_ids, inputs, compiling: bool) -> UnpaddedLayout:
+        check_padded_values(self.config, inputs[0], inputs[2], position_ids, attention_mask)
+        index = unpad_index(attention_mask)
+        if position_ids is None:
+            packed_positions = position_ids_from_cu_seqlens(index.cu_seqlens, self.config.position_start)
+        else:  # the padded batch's own positions (checked above), as static masking and stock BERT use them
+            packed_positions = unpad(position_ids, index)
+        batch = self._packed_batch(index.cu_seqlens, index.max_seqlen, attention_mask.device, compiling)
+        if compiling:
+            for tensor in (index.indices, index.cu_seqlens, packed_positions):
+                _mark_dynamic(tensor, 0)
+        return UnpaddedLayout(index, packed_positions, batch, _marked(inputs, compiling, 0, 1))
+
+    @torch.compiler.disable
+    def _layout_packed(
+        self, reference, attention_mask, position_ids, cu_seq_lens_q, cu_seq_lens_k, seq_idx, inputs, compiling: bool
+    ) -> PackedBatchLayout:
+        if cu_seq_lens_k is not None and cu_seq_lens_q is not None and not torch.equal(cu_seq_lens_k, cu_seq_lens_q):
+            raise ValueError("DynMask is an encoder with self-attention: cu_seq_lens_k must equal cu_seq_lens_q")
+        cu_seqlens = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
+        if cu_seqlens is None:
+            cu_seqlens = cu_seqlens_from_seq_idx(seq_idx)
         if reference.shape[0] != 1:
             raise ValueError(
                 f"a packed batch is one row of concatenated sequences (input_ids of shape (1, total_tokens)), got "
@@ -511,48 +676,30 @@ class DynMaskModel(DynMaskPreTrainedModel):
             )
         num_tokens = reference.shape[1]
         # The one host read of these checks: the boundaries, with the token id ranges.
-        bounds = read_packed_boundaries(self.config, cu_seqlens, num_tokens, input_ids, token_type_ids)
+        bounds = read_packed_boundaries(self.config, cu_seqlens, num_tokens, inputs[0], inputs[2])
         lens = [end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
         cu_seqlens = cu_seqlens.to(torch.int32)
-        squeeze = lambda t: None if t is None else t[0]  # noqa: E731
-        if position_ids is not None and not torch.equal(
-            position_ids[0], position_ids_from_cu_seqlens(cu_seqlens, self.config.position_start)
-        ):
+        positions = self._packed_positions(None if position_ids is None else position_ids[0], cu_seqlens)
+        seq_idx = seq_idx_from_cu_seqlens(cu_seqlens)
+        batch = self._packed_batch(cu_seqlens, max(lens), reference.device, compiling)
+        if compiling:
+            cu_seqlens = cu_seqlens.view_as(cu_seqlens)  # .to(int32) may have returned the caller's tensor
+            for tensor in (cu_seqlens, positions, seq_idx):
+                _mark_dynamic(tensor, 0)
+        return PackedBatchLayout(cu_seqlens, positions, seq_idx, batch, _marked(inputs, compiling, 1))
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+
+    def _packed_positions(self, position_ids: torch.Tensor | None, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """The ``(N,)`` positions of packed tokens: restarting at each sequence, the given ones checked to do so."""
+        expected = position_ids_from_cu_seqlens(cu_seqlens, self.config.position_start)
+        if position_ids is not None and not torch.equal(position_ids, expected):
             raise ValueError(
                 "position_ids do not restart at each sequence of the packed batch at "
                 f"config.position_start={self.config.position_start}; build the batch with hf_dynmask's packed "
                 "collator (position_start=config.position_start) or leave position_ids out"
             )
-        hidden, first_token_state, all_hidden = self._run_packed(
-            squeeze(input_ids),
-            squeeze(inputs_embeds),
-            squeeze(token_type_ids),
-            squeeze(position_ids),
-            cu_seqlens,
-            max(lens),
-            output_hidden,
-        )
-        unsqueeze = lambda t: t.unsqueeze(0)  # noqa: E731
-        return self._output(
-            unsqueeze(hidden), first_token_state, None if all_hidden is None else [unsqueeze(h) for h in all_hidden]
-        )
-
-    def _run_packed(
-        self, input_ids, inputs_embeds, token_type_ids, position_ids, cu_seqlens, max_seqlen, output_hidden
-    ):
-        """Embeddings + encoder over ``N`` packed tokens. Returns ``(N, h)``, ``(S, h)`` first tokens, all hidden.
-
-        ``position_ids`` ``(N,)`` were checked by the caller; ``None`` numbers each sequence from
-        ``config.position_start``."""
-        if position_ids is None:
-            position_ids = position_ids_from_cu_seqlens(cu_seqlens, self.config.position_start)
-        hidden = self.embeddings(input_ids, inputs_embeds, position_ids, token_type_ids)  # (N, h)
-        batch = self._packed_batch(cu_seqlens, max_seqlen, hidden.device)
-        hidden, all_hidden = self.encoder(hidden, batch, output_hidden)
-        first_token_state = hidden.index_select(0, cu_seqlens[:-1].long())
-        return hidden, first_token_state, all_hidden
-
-    # -- helpers ---------------------------------------------------------------------------------------------------
+        return expected
 
     def _output(self, hidden, first_token_state, all_hidden):
         pooled = self.pooler(first_token_state) if self.pooler is not None else None
@@ -563,20 +710,8 @@ class DynMaskModel(DynMaskPreTrainedModel):
             first_token_state=first_token_state,
         )
 
-    def _padded_mask(self, real: torch.Tensor, dtype: torch.dtype):
-        """The ``(B, T)`` padding mask in the form the backend takes (see :class:`EncoderBatch`)."""
-        name = _check_implementation(self.config)
-        causal = bool(self.config.is_decoder)
-        if name == "flex_attention":
-            from .masks import and_masks, padding
-            from .masks import causal as causal_fn
-
-            mask_fn = and_masks(padding(real), causal_fn()) if causal else padding(real)
-            return to_block_mask(mask_fn, real.shape[0], real.shape[1], real.shape[1], device=real.device)
-        allowed = padding_to_bool_4d(real, causal=causal)  # (B, 1, T, T), True = may attend
-        return to_additive(allowed, dtype) if name == "eager" else allowed
-
-    def _packed_batch(self, cu_seqlens: torch.Tensor, max_seqlen: int, device) -> EncoderBatch:
+    def _packed_batch(self, cu_seqlens: torch.Tensor, max_seqlen: int, device, compiling: bool) -> EncoderBatch:
+        """What the attention of every layer needs for ``N`` packed tokens (built here, once per forward)."""
         name = _check_implementation(self.config)
         if name == "flex_attention":
             from .masks import and_masks
@@ -591,6 +726,17 @@ class DynMaskModel(DynMaskPreTrainedModel):
             return EncoderBatch(True, cu_seqlens, max_seqlen, block_mask=block_mask)
         if name in FLASH_IMPLEMENTATIONS:
             return EncoderBatch(True, cu_seqlens, max_seqlen)
+        if compiling:
+            # One length group with every field filled: the same plan structure (and so the same graph) for every
+            # batch; its sizes are marked dynamic. Attention then pads each sequence to the batch's longest.
+            plan = plan_varlen(cu_seqlens, bucket_ratio=0.0, static_structure=True)
+            for group in plan.groups:
+                _mark_dynamic(group.q_gather, 0)
+                _mark_dynamic(group.q_real_slots, 0)
+                _mark_dynamic(group.q_real, 0, 1)
+                _mark_dynamic(group.key_allowed, 0, 3)
+            _mark_dynamic(plan.inverse, 0)
+            return EncoderBatch(True, cu_seqlens, max_seqlen, plan=plan)
         ratio = 0.0 if name == "eager" else self.config.varlen_bucket_ratio
         return EncoderBatch(True, cu_seqlens, max_seqlen, plan=plan_varlen(cu_seqlens, bucket_ratio=ratio))
 
@@ -687,8 +833,9 @@ class DynMaskForMaskedLM(_DynMaskLMBase):
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if labels is not None:
             check_token_labels(labels, self.config.vocab_size, "the vocabulary, config.vocab_size", num_items_in_batch)
-        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
-        logits, loss_logits, loss_labels, _ = self._per_token(outputs, self._lm_head, labels)  # (B, T, V) / (1, N, V)
+        encoded = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        outputs = encoded.output
+        logits, loss_logits, loss_labels, _ = self._per_token(encoded, self._lm_head, labels)  # (B, T, V) / (1, N, V)
         loss = None
         if labels is not None:
             loss = self.loss_function(
@@ -722,8 +869,9 @@ class DynMaskForCausalLM(_DynMaskLMBase):
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if labels is not None:
             check_token_labels(labels, self.config.vocab_size, "the vocabulary, config.vocab_size", num_items_in_batch)
-        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
-        logits, loss_logits, _, shift_labels = self._per_token(outputs, self._lm_head, labels, shift=True)
+        encoded = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        outputs = encoded.output
+        logits, loss_logits, _, shift_labels = self._per_token(encoded, self._lm_head, labels, shift=True)
         loss = None
         if labels is not None:
             loss = self.loss_function(
@@ -780,7 +928,8 @@ class DynMaskForSequenceClassification(DynMaskPreTrainedModel):
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if labels is not None:
             check_sequence_labels(self.config, labels, num_items_in_batch)
-        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        encoded = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        outputs = encoded.output
         if self.config.head_style == "roberta":
             logits = self.classifier(outputs.first_token_state)
         else:
@@ -808,7 +957,11 @@ class DynMaskForSequenceClassification(DynMaskPreTrainedModel):
 
 
 class DynMaskForTokenClassification(DynMaskPreTrainedModel):
-    """One prediction per token; ``logits`` follows the input shape. Loss: mean over real (non ``-100``) labels."""
+    """One prediction per token; ``logits`` follows the input shape. Loss: mean over real (non ``-100``) labels.
+
+    A packed batch's output also carries its ``seq_idx`` (:class:`DynMaskTokenClassifierOutput`), so evaluation
+    regroups packed predictions per example with any Trainer.
+    """
 
     def __init__(self, config: DynMaskConfig):
         super().__init__(config)
@@ -828,22 +981,26 @@ class DynMaskForTokenClassification(DynMaskPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         **kwargs,
-    ) -> TokenClassifierOutput:
+    ) -> DynMaskTokenClassifierOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if labels is not None:
             check_token_labels(labels, self.num_labels, "config.num_labels", num_items_in_batch)
-        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        encoded = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        outputs = encoded.output
         if labels is not None and labels.shape != outputs.last_hidden_state.shape[:-1]:
             raise ValueError(
                 f"labels {tuple(labels.shape)} must match the tokens {tuple(outputs.last_hidden_state.shape[:-1])}"
             )
         logits, loss_logits, loss_labels, _ = self._per_token(
-            outputs, lambda hidden: self.classifier(self.dropout(hidden)), labels
+            encoded, lambda hidden: self.classifier(self.dropout(hidden)), labels
         )
         loss = None
         if labels is not None:
             loss = self.loss_function(loss_logits, loss_labels, self.config, num_items_in_batch=num_items_in_batch)
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        seq_idx = None if encoded.seq_idx is None else encoded.seq_idx.unsqueeze(0)  # (1, N), packed batches only
+        return DynMaskTokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, seq_idx=seq_idx
+        )
 
 
 class DynMaskForQuestionAnswering(DynMaskPreTrainedModel):
@@ -880,7 +1037,8 @@ class DynMaskForQuestionAnswering(DynMaskPreTrainedModel):
         kwargs.pop("num_items_in_batch", None)
         if (start_positions is None) != (end_positions is None):
             raise ValueError("pass both start_positions and end_positions (the answer span), or neither")
-        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        encoded = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        outputs = encoded.output
         logits = self.qa_outputs(outputs.last_hidden_state)  # (B, T, 2) or (1, N, 2)
         cu_seqlens = kwargs.get("cu_seq_lens_q")
         if cu_seqlens is None and kwargs.get("seq_idx") is not None:
@@ -907,7 +1065,38 @@ class DynMaskForQuestionAnswering(DynMaskPreTrainedModel):
         )
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Auto classes
+# ---------------------------------------------------------------------------------------------------------------------
+
+#: The Auto class of each model class. Registering it (``register_for_auto_class``) makes transformers'
+#: ``save_pretrained`` copy this module and its siblings next to the weights; :func:`auto_map` names every pair in
+#: ``config.json``; ``auto.py`` registers the same pairs with transformers' Auto classes.
+AUTO_CLASS_NAMES: dict[type[DynMaskPreTrainedModel], str] = {
+    DynMaskModel: "AutoModel",
+    DynMaskForMaskedLM: "AutoModelForMaskedLM",
+    DynMaskForCausalLM: "AutoModelForCausalLM",
+    DynMaskForSequenceClassification: "AutoModelForSequenceClassification",
+    DynMaskForTokenClassification: "AutoModelForTokenClassification",
+    DynMaskForQuestionAnswering: "AutoModelForQuestionAnswering",
+}
+for _model_class, _auto_class in AUTO_CLASS_NAMES.items():
+    _model_class.register_for_auto_class(_auto_class)
+
+
+def auto_map() -> dict[str, str]:
+    """The ``auto_map`` a saved DynMask model writes in ``config.json``: the config and every head, each as
+    ``"module_file.ClassName"`` (the form transformers uses for code stored next to the model).
+
+    >>> auto_map()["AutoConfig"], auto_map()["AutoModelForMaskedLM"]
+    ('configuration_dynmask.DynMaskConfig', 'modeling_dynmask.DynMaskForMaskedLM')
+    """
+    classes = {"AutoConfig": DynMaskConfig, **{auto: cls for cls, auto in AUTO_CLASS_NAMES.items()}}
+    return {auto: f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}" for auto, cls in classes.items()}
+
+
 __all__ = [
+    "AUTO_CLASS_NAMES",
     "DynMaskForCausalLM",
     "DynMaskForMaskedLM",
     "DynMaskForQuestionAnswering",
@@ -916,4 +1105,7 @@ __all__ = [
     "DynMaskModel",
     "DynMaskModelOutput",
     "DynMaskPreTrainedModel",
+    "DynMaskTokenClassifierOutput",
+    "EncoderResult",
+    "auto_map",
 ]

@@ -1,31 +1,32 @@
-"""Saving and pushing DynMask models together with their code, so they load where hf_dynmask is not installed.
+"""Saving and pushing DynMask models with their code: checks and one-call helpers over ``save_pretrained``.
 
-A folder written by :func:`save_with_code` holds what ``save_pretrained`` writes (weights, ``config.json``) plus:
+Every DynMask model's own ``save_pretrained`` already writes a folder that loads where hf_dynmask is not installed
+(:meth:`~hf_dynmask.modeling.modeling_dynmask.DynMaskPreTrainedModel.save_pretrained`): next to the weights and
+``config.json`` it holds
 
-- the model-side modules: ``modeling_dynmask.py`` and every sibling it imports relatively, recursively
+- the model-side modules, ``modeling_dynmask.py`` and every sibling it imports relatively, recursively
   (``configuration_dynmask.py``, ``input_checks.py``, ``attention.py``, ``families.py``, ``masks.py``,
-  ``layout.py``), copied by transformers' own :func:`~transformers.dynamic_module_utils.custom_object_save`, so the
-  copy follows the rules transformers uses to load them back;
+  ``layout.py``), copied by transformers' own :func:`~transformers.dynamic_module_utils.custom_object_save` because
+  every DynMask class is registered for its Auto class (``register_for_auto_class``);
 - an ``auto_map`` in ``config.json`` naming every Auto class the family supports (``AutoConfig``, ``AutoModel``,
   ``AutoModelForMaskedLM``, ``AutoModelForCausalLM``, ``AutoModelForSequenceClassification``,
-  ``AutoModelForTokenClassification``, ``AutoModelForQuestionAnswering``), where ``register_for_auto_class`` +
-  ``save_pretrained`` would write only the saved class's own entry.
+  ``AutoModelForTokenClassification``, ``AutoModelForQuestionAnswering``), where ``register_for_auto_class`` alone
+  would write only the saved class's entry.
 
-Anyone with torch and transformers can then load any head from the folder or its Hub repository::
+So ``model.save_pretrained``, ``model.push_to_hub``, ``Trainer.save_model``, Trainer checkpoints and
+``trainer.push_to_hub()`` all produce folders that anyone with torch and transformers can load, any head::
 
     model = AutoModelForSequenceClassification.from_pretrained("user/repo", trust_remote_code=True)
 
-Where hf_dynmask is imported, its registration wins (with or without ``trust_remote_code``) and the installed
-classes load the folder.
+Where hf_dynmask is imported, its registered classes load the folder (transformers prefers a registered class to an
+``auto_map``, with or without ``trust_remote_code``).
 
-Why functions and not ``register_for_auto_class``: that call takes one Auto class per model class and stays set on
-the class for the rest of the process (every later ``save_pretrained`` of that class ships code). These functions
-ship code for exactly the save they perform, write the complete ``auto_map``, and check that every shipped file
-imports only the standard library, torch, transformers and its shipped siblings.
-
-:func:`push_to_hub_with_code` saves the same folder and uploads it in one commit through ``HfApi.create_repo`` and
-``HfApi.create_commit``, the two calls transformers' ``push_to_hub`` makes. Unlike ``push_to_hub`` it does not read
-the repository's model card first (a network call); pass ``model_card`` to upload one.
+This module adds the explicit forms: :func:`save_with_code` saves a tokenizer into the same folder and checks that
+every shipped file imports only the standard library, torch, transformers and its shipped siblings
+(:func:`check_shipped_code`); :func:`push_to_hub_with_code` uploads that folder and a model card in one commit through
+``HfApi.create_repo`` and ``HfApi.create_commit``, the two calls transformers' ``push_to_hub`` makes. Unlike
+``push_to_hub`` it does not read the repository's model card first (a network call); pass ``model_card`` to upload
+one.
 """
 
 from __future__ import annotations
@@ -35,40 +36,21 @@ import importlib.metadata
 import re
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from huggingface_hub import CommitOperationAdd, HfApi
 from transformers import PreTrainedModel
-from transformers.dynamic_module_utils import custom_object_save
 
-from ..modeling.auto import AUTO_CLASSES
 from ..modeling.configuration_dynmask import DynMaskConfig
+from ..modeling.modeling_dynmask import AUTO_CLASS_NAMES, auto_map
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo, ModelCard
 
 #: Top-level packages shipped code may import besides the standard library.
 ALLOWED_IMPORTS = frozenset({"torch", "transformers"})
-
-
-def _reference(cls: type) -> str:
-    """``"module_file_stem.ClassName"``, the form transformers' ``auto_map`` uses for code stored next to a model."""
-    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
-
-
-def auto_map() -> dict[str, str]:
-    """The ``auto_map`` of a saved DynMask model: every Auto class of the family, config included.
-
-    >>> auto_map()["AutoConfig"], auto_map()["AutoModelForMaskedLM"]
-    ('configuration_dynmask.DynMaskConfig', 'modeling_dynmask.DynMaskForMaskedLM')
-    """
-    entries = {"AutoConfig": _reference(DynMaskConfig)}
-    for auto_class, model_class in AUTO_CLASSES.items():
-        entries[auto_class.__name__] = _reference(model_class)
-    return entries
 
 
 class SavedModel(NamedTuple):
@@ -80,34 +62,13 @@ class SavedModel(NamedTuple):
 
 
 def _check_family(model: PreTrainedModel) -> None:
-    family = {model_class.__name__ for model_class in AUTO_CLASSES.values()}
+    family = {model_class.__name__ for model_class in AUTO_CLASS_NAMES}
     if getattr(model.config, "model_type", None) != DynMaskConfig.model_type or type(model).__name__ not in family:
         raise ValueError(
             f"save_with_code / push_to_hub_with_code ship the DynMask family's code ({sorted(family)}), got "
             f"{type(model).__name__} (model_type={getattr(model.config, 'model_type', None)!r}); save other models "
             "with save_pretrained"
         )
-
-
-@contextmanager
-def _full_auto_map(model: PreTrainedModel) -> Iterator[dict[str, str]]:
-    """Give ``model.config`` the family's complete ``auto_map`` while saving; restore the previous value after.
-
-    Restoring matters: an ``auto_map`` left on the config would be written by a later plain ``save_pretrained``
-    that ships no code, and the folder would point at files it does not have.
-    """
-    config = model.config
-    had_auto_map = "auto_map" in config.__dict__
-    previous = config.__dict__.get("auto_map")
-    entries = {**(previous or {}), **auto_map()}
-    config.auto_map = entries
-    try:
-        yield entries
-    finally:
-        if had_auto_map:
-            config.auto_map = previous
-        else:
-            del config.auto_map
 
 
 def check_shipped_code(directory: str | Path, files: Iterable[str] | None = None) -> tuple[str, ...]:
@@ -160,37 +121,42 @@ def check_shipped_code(directory: str | Path, files: Iterable[str] | None = None
 def save_with_code(
     model: PreTrainedModel, save_directory: str | Path, *, tokenizer: Any | None = None, **save_kwargs: Any
 ) -> SavedModel:
-    """``model.save_pretrained(save_directory, **save_kwargs)`` plus the model's code and the complete ``auto_map``.
-
-    Only the shipped files are checked (:func:`check_shipped_code`): other files already in the folder are left
-    alone, whatever they import.
+    """``model.save_pretrained(save_directory, **save_kwargs)`` (weights, config, code, complete ``auto_map``), the
+    tokenizer in the same folder, and a check that the shipped code loads without hf_dynmask.
 
     Args:
         model: a DynMask model (``DynMaskModel`` or one of its heads).
-        save_directory: a folder, created if needed (not a file).
+        save_directory: a folder, created if needed (not a file). Only the shipped code files are checked: other
+            files already in the folder are left alone, whatever they import.
         tokenizer: optional tokenizer (or processor) saved in the same folder, so one path loads both.
         save_kwargs: passed to ``save_pretrained`` (``max_shard_size``, ``is_main_process``, ``state_dict``...);
-            not ``push_to_hub`` (use :func:`push_to_hub_with_code`, which uploads the code too).
+            not ``push_to_hub`` (use :func:`push_to_hub_with_code`, which uploads the same folder).
     """
     _check_family(model)
     if save_kwargs.get("push_to_hub"):
         raise ValueError(
-            "save_with_code(push_to_hub=True) would upload before the code is copied; use push_to_hub_with_code"
+            "save_with_code(push_to_hub=True) would upload before the checks run; use push_to_hub_with_code"
         )
     directory = Path(save_directory)
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(
             f"save_directory {str(directory)!r} is a file; pass a folder path (it is created if missing)"
         )
-    with _full_auto_map(model) as entries:
-        model.save_pretrained(directory, **save_kwargs)
+    model.save_pretrained(directory, **save_kwargs)
+    entries = dict(model.config.auto_map)
     if not save_kwargs.get("is_main_process", True):
         return SavedModel(directory, (), entries)
-    # Copies the model's module file and, recursively, every relative import (configuration_dynmask.py among them).
-    shipped = [Path(path).name for path in custom_object_save(model, directory)]
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
-    return SavedModel(directory, check_shipped_code(directory, shipped), entries)
+    return SavedModel(directory, check_shipped_code(directory, _shipped_files(model)), entries)
+
+
+def _shipped_files(model: PreTrainedModel) -> list[str]:
+    """The file names ``save_pretrained`` copies for ``model``: its module and every relative import, recursively."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    module_file = Path(sys.modules[type(model).__module__].__file__)
+    return [module_file.name, *(Path(path).name for path in get_relative_import_files(str(module_file)))]
 
 
 def _library_version() -> str:

@@ -20,16 +20,23 @@ instead (both are accepted here).
 
 Packed token classification needs the sequence boundaries, which labels alone do not show (``-100`` marks special
 tokens and non-first sub-words inside a sequence too). The packed collator states them in ``seq_idx`` /
-``cu_seq_lens_q``, and the one batch key besides predictions that the Trainer gathers, pads and concatenates in step
-with the labels (across processes too) is a *label*: name ``seq_idx`` as a second label column,
+``cu_seq_lens_q``; the Trainer gathers, pads and concatenates in step with the labels (across processes too) only the
+model's outputs and the batch keys named as *labels*. So the boundaries reach ``compute_metrics`` in one of two ways:
+
+- a DynMask token-classification model returns a packed batch's ``seq_idx`` as its last output
+  (:class:`~hf_dynmask.modeling.modeling_dynmask.DynMaskTokenClassifierOutput`), and ``EvalPrediction.predictions``
+  arrives as ``(logits (R, N, C), seq_idx (R, N))``: nothing to configure, with any Trainer;
+- for any model, name ``seq_idx`` as a second label column, ``label_ids`` then arrives as ``(labels, seq_idx)``
+  (the model still gets every key and computes its loss from ``labels``); :class:`~.trainer.DynMaskTrainer` sets it::
 
     TrainingArguments(..., label_names=["labels", "seq_idx"])      # packed mode; see eval_label_names()
 
-and ``EvalPrediction.label_ids`` arrives as ``(labels (R, N), seq_idx (R, N))``; the model still gets every key and
-still computes its loss from ``labels``. The other ways in do not fit: ``include_for_metrics=["inputs"]`` gathers
-only ``input_ids`` (no boundaries); ``batch_eval_metrics=True`` passes the whole local batch as ``inputs`` but the
-gathered (all processes) logits, so they disagree under distributed evaluation; guessing boundaries from ``[CLS]``
-tokens or label runs is a heuristic. Padded mode needs nothing: one row per example.
+The other ways in do not fit: ``include_for_metrics=["inputs"]`` gathers only ``input_ids`` (no boundaries);
+``batch_eval_metrics=True`` passes the whole local batch as ``inputs`` but the gathered (all processes) logits, so
+they disagree under distributed evaluation; guessing boundaries from ``[CLS]`` tokens or label runs is a heuristic.
+Padded mode needs nothing: one row per example. Predictions of packed rows without boundaries (a stock model with
+``attn_implementation="dynmask_varlen"`` under a Trainer without those label names) cannot be told from padded ones
+by their values: pass the label names.
 
 Entity F1 for NER (``task="ner"``) chunks each example separately (seqeval's default IOB2 / IOBES rules) and
 micro-averages over entities; ``accuracy`` is token accuracy over labelled tokens. Examples with no labelled token are
@@ -136,6 +143,15 @@ def _first_output(predictions: Any) -> np.ndarray:
     return _as_numpy(predictions[0] if isinstance(predictions, tuple) else predictions)
 
 
+def _predicted_seq_idx(predictions: Any) -> np.ndarray | None:
+    """The ``seq_idx`` ``(R, N)`` a DynMask token-classification model returns with packed batches: the last of
+    several outputs, integer-valued (logits and hidden states are floating point). None when there is none."""
+    if not isinstance(predictions, tuple) or len(predictions) < 2 or isinstance(predictions[-1], tuple | list):
+        return None
+    last = _as_numpy(predictions[-1])
+    return last if np.issubdtype(last.dtype, np.integer) else None
+
+
 def _class_ids(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Arg-max logits ``(..., C)`` to class ids, or pass ids through (``preprocess_logits_for_metrics`` did it)."""
     if predictions.ndim == labels.ndim + 1:
@@ -152,8 +168,9 @@ def per_example_tokens(predictions: Any, label_ids: Any) -> list[TokenExample]:
     """Regroup token-classification output into examples, keeping the labelled tokens (label != -100).
 
     Args:
-        predictions: logits ``(R, T, C)`` (or class ids ``(R, T)``), a tuple whose first item is that, or a list of
-            them (one per batch, ``eval_do_concat_batches=False``).
+        predictions: logits ``(R, T, C)`` (or class ids ``(R, T)``), a tuple whose first item is that (and whose
+            last item is ``seq_idx`` ``(R, N)`` for a DynMask model's packed batches), or a list of them (one per
+            batch, ``eval_do_concat_batches=False``).
         label_ids: padded: labels ``(R, T)`` with one example per row. Packed: ``(labels, seq_idx)``, both
             ``(R, N)``, a row per batch, ``seq_idx`` counting the sequences of the batch from 0 (``-100`` after its
             end); this is what ``label_names=["labels", "seq_idx"]`` produces. Or a list of either, per batch.
@@ -174,7 +191,7 @@ def per_example_tokens(predictions: Any, label_ids: Any) -> list[TokenExample]:
                 "label_names=['labels', 'seq_idx'] in packed mode"
             )
         else:
-            labels, seq_idx = _as_numpy(label_batch), None
+            labels, seq_idx = _as_numpy(label_batch), _predicted_seq_idx(pred_batch)
         logits = _first_output(pred_batch)
         ids = _class_ids(logits, labels)
         if labels.ndim == 1:  # a single row

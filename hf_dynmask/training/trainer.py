@@ -28,9 +28,11 @@ of the two.
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -40,8 +42,17 @@ from transformers.trainer_utils import seed_worker
 
 from ..data.packing import TokenBudgetBatchSampler
 from ..data.prepare import TokenBudgetStream, example_length, is_iterable_dataset
+from ..modeling.modeling_dynmask import DynMaskForTokenClassification
 from .callbacks import PaddingStatsCallback, SetEpochCallback
-from .checks import _column_names, check_packed_support, check_training_labels, collator_mode
+from .checks import (
+    _column_names,
+    _unwrap_model,
+    check_packed_support,
+    check_training_labels,
+    collator_mode,
+    unwrap_collator,
+)
+from .evaluation import eval_label_names
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +133,11 @@ class DynMaskTrainer(Trainer):
       ``IterableDataset`` through :class:`~hf_dynmask.data.TokenBudgetStream`;
     - adds :class:`~.callbacks.SetEpochCallback` (static MLM masks per epoch) and, unless
       ``args.log_padding_stats=False``, :class:`~.callbacks.PaddingStatsCallback`, fed with every training
-      micro-batch (``trainer.padding_stats.totals()`` for the model card).
+      micro-batch (``trainer.padding_stats.totals()`` for the model card);
+    - gathers for ``compute_metrics`` what its collator's evaluation needs: without ``args.label_names`` it uses
+      :func:`~.evaluation.eval_label_names` (packed token classification: ``["labels", "seq_idx"]``, the
+      boundaries of every packed row), and refuses label names that leave the boundaries out for a model that does
+      not return them itself.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -132,6 +147,7 @@ class DynMaskTrainer(Trainer):
         if getattr(self.args, "log_padding_stats", True) and self.padding_stats is None:
             self.add_callback(PaddingStatsCallback())
         self._check_setup()
+        self._set_label_names()
         if self._token_budget is not None and self.train_dataset is not None:
             if not is_iterable_dataset(self.train_dataset):
                 self._token_budget_sampler(self.train_dataset)  # fail now on a budget below the longest example
@@ -156,6 +172,26 @@ class DynMaskTrainer(Trainer):
             check_packed_support(self.model)
         if self.train_dataset is not None:
             check_training_labels(self.train_dataset, self.data_collator)
+
+    def _set_label_names(self) -> None:
+        """The label names the collator's evaluation needs (:func:`~.evaluation.eval_label_names`)."""
+        task = getattr(unwrap_collator(self.data_collator), "task", None)
+        mode = collator_mode(self.data_collator)
+        if task is None or mode is None:
+            return
+        needed = eval_label_names(task, mode)
+        if self.args.label_names is None:
+            self.label_names = needed
+            return
+        missing = [name for name in needed if name not in self.args.label_names]
+        # A DynMask token-classification model returns each packed batch's seq_idx with its logits itself.
+        if missing and not isinstance(_unwrap_model(self.model), DynMaskForTokenClassification):
+            raise ValueError(
+                f"TrainingArguments(label_names={self.args.label_names}) leaves out {missing}, which {mode} "
+                f"{task} evaluation needs: compute_metrics would score each packed row as one example. Pass "
+                f"label_names={needed} (hf_dynmask.training.evaluation.eval_label_names({task!r}, {mode!r})), or "
+                "leave label_names unset"
+            )
 
     def _cost(self) -> str:
         cost = getattr(self.args, "token_budget_cost", "auto")
@@ -266,9 +302,10 @@ class DynMaskTrainer(Trainer):
     # -- training ----------------------------------------------------------------------------------------------------
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None):
-        if not any(name in inputs for name in self.label_names):
+        label_names = [name for name in self.label_names if name != "seq_idx"]  # seq_idx: boundaries, not labels
+        if not any(name in inputs for name in label_names):
             raise ValueError(
-                f"a training batch has no labels (looked for {self.label_names} among {sorted(inputs)}): the "
+                f"a training batch has no labels (looked for {label_names} among {sorted(inputs)}): the "
                 "dataset or the collator dropped them. Keep the label column (label or labels), or set "
                 "TrainingArguments(label_names=[...]) to the model's label arguments"
             )
@@ -276,6 +313,18 @@ class DynMaskTrainer(Trainer):
         if stats is not None:
             stats.record(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
+
+    # -- saving ----------------------------------------------------------------------------------------------------
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """The Trainer's mid-training Hub push (``push_to_hub=True``, ``hub_strategy="every_save"``), with the model
+        code: transformers copies a fixed list of files (config, weights) from the checkpoint into the output folder
+        it uploads, and a DynMask ``config.json`` names code files in its ``auto_map``, so copy those first (every
+        pushed state then loads with ``trust_remote_code=True``)."""
+        if self.is_world_process_zero():
+            for source in Path(checkpoint_folder).glob("*.py"):
+                shutil.copy(source, Path(self.args.output_dir) / source.name)
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """The Trainer's log, with ``padding_efficiency`` and ``real_tokens_per_second`` in training logs."""

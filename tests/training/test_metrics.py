@@ -417,13 +417,13 @@ def test_token_metrics_errors():
     assert eval_label_names("sequence-classification", "packed") == ["labels"]
 
 
-def test_trainer_evaluate_packed_equals_padded(tmp_path):
-    from transformers import Trainer, TrainingArguments
+def _ner_setup():
+    """A tiny token classifier (DynMask, and stock BERT with the same weights on dynmask_varlen) and features."""
+    from transformers import BertConfig, BertForTokenClassification
 
-    from hf_dynmask import DynMaskConfig, DynMaskForTokenClassification, make_collator
+    from hf_dynmask import DynMaskConfig, DynMaskForTokenClassification
 
-    torch.manual_seed(0)
-    config = DynMaskConfig(
+    sizes = dict(
         vocab_size=50,
         hidden_size=16,
         num_hidden_layers=1,
@@ -432,7 +432,11 @@ def test_trainer_evaluate_packed_equals_padded(tmp_path):
         max_position_embeddings=32,
         num_labels=5,
     )
-    model = DynMaskForTokenClassification(config).eval()
+    torch.manual_seed(0)
+    model = DynMaskForTokenClassification(DynMaskConfig(**sizes)).eval()
+    stock = BertForTokenClassification(BertConfig(**sizes)).eval()
+    stock.set_attn_implementation("dynmask_varlen")
+    stock.load_state_dict(model.state_dict(), strict=False)
     generator = torch.Generator().manual_seed(1)
     features = []
     for n in [5, 9, 3, 7, 12, 4, 6]:
@@ -442,24 +446,49 @@ def test_trainer_evaluate_packed_equals_padded(tmp_path):
             {"input_ids": torch.randint(1, 50, (n,), generator=generator).tolist(), "labels": labels.tolist()}
         )
     tokenizer = types.SimpleNamespace(pad_token_id=0, padding_side="right", truncation_side="right")
+    return model, stock, features, tokenizer
+
+
+def _evaluate(trainer_class, model, features, tokenizer, mode, tmp_path, **args):
+    from transformers import TrainingArguments
+
+    from hf_dynmask import make_collator
+
+    training_args = TrainingArguments(
+        output_dir=str(tmp_path / mode), per_device_eval_batch_size=3, report_to="none", use_cpu=True, **args
+    )
+    trainer = trainer_class(
+        model=model,
+        args=training_args,
+        eval_dataset=features,
+        data_collator=make_collator(tokenizer, "token-classification", mode),
+        compute_metrics=token_classification_metrics(NER_NAMES, "ner"),
+    )
+    output = trainer.evaluate()
+    return {k: output[f"eval_{k}"] for k in ("loss", "precision", "recall", "f1", "accuracy")}
+
+
+@pytest.mark.parametrize(
+    "way",
+    [
+        "trainer+label_names",  # transformers.Trainer, label_names=eval_label_names(...)
+        "trainer",  # transformers.Trainer, nothing set: the DynMask model returns seq_idx with its logits
+        "dynmask_trainer",  # DynMaskTrainer, nothing set: it sets the label names
+        "dynmask_trainer+stock_model",  # DynMaskTrainer and stock BERT (dynmask_varlen): label names again
+    ],
+)
+def test_trainer_evaluate_packed_equals_padded(tmp_path, way):
+    from transformers import Trainer
+
+    from hf_dynmask.training import DynMaskTrainer
+
+    model, stock, features, tokenizer = _ner_setup()
+    trainer_class = DynMaskTrainer if way.startswith("dynmask_trainer") else Trainer
+    evaluated = stock if way.endswith("stock_model") else model
     results = {}
     for mode in ("dynamic", "packed"):
-        args = TrainingArguments(
-            output_dir=str(tmp_path / mode),
-            per_device_eval_batch_size=3,
-            report_to="none",
-            use_cpu=True,
-            label_names=eval_label_names("token-classification", mode),
-        )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            eval_dataset=features,
-            data_collator=make_collator(tokenizer, "token-classification", mode),
-            compute_metrics=token_classification_metrics(NER_NAMES, "ner"),
-        )
-        output = trainer.evaluate()
-        results[mode] = {k: output[f"eval_{k}"] for k in ("loss", "precision", "recall", "f1", "accuracy")}
+        args = {"label_names": eval_label_names("token-classification", mode)} if way.endswith("label_names") else {}
+        results[mode] = _evaluate(trainer_class, evaluated, features, tokenizer, mode, tmp_path, **args)
     assert results["packed"] == pytest.approx(results["dynamic"], abs=1e-6)
     with torch.no_grad():  # the same numbers from the model run one example at a time
         logits = [model(input_ids=torch.tensor([f["input_ids"]])).logits[0].numpy() for f in features]
@@ -470,6 +499,44 @@ def test_trainer_evaluate_packed_equals_padded(tmp_path):
     reference = entity_scores([p for p, _ in tags], [r for _, r in tags])
     assert results["packed"]["f1"] == pytest.approx(reference["overall_f1"], abs=1e-12)
     assert results["packed"]["accuracy"] == pytest.approx(reference["overall_accuracy"], abs=1e-12)
+
+
+def test_without_boundaries_packed_rows_would_be_scored_as_one_example(tmp_path):
+    """What the ways above prevent: a stock model's packed predictions without seq_idx give other numbers."""
+    from transformers import Trainer
+
+    _, stock, features, tokenizer = _ner_setup()
+    padded = _evaluate(Trainer, stock, features, tokenizer, "dynamic", tmp_path)
+    packed = _evaluate(Trainer, stock, features, tokenizer, "packed", tmp_path)
+    assert packed["f1"] != pytest.approx(padded["f1"], abs=1e-6)
+
+
+def test_dynmask_trainer_refuses_label_names_without_the_boundaries(tmp_path):
+    from transformers import TrainingArguments
+
+    from hf_dynmask import make_collator
+    from hf_dynmask.training import DynMaskTrainer
+
+    model, stock, features, tokenizer = _ner_setup()
+    collator = make_collator(tokenizer, "token-classification", "packed")
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, label_names=["labels"])
+    with pytest.raises(ValueError, match=r"leaves out \['seq_idx'\].*label_names=\['labels', 'seq_idx'\]"):
+        DynMaskTrainer(model=stock, args=args, eval_dataset=features, data_collator=collator)
+    # A DynMask model returns the boundaries with its logits: its explicit label names are kept.
+    assert DynMaskTrainer(model=model, args=args, eval_dataset=features, data_collator=collator).label_names == [
+        "labels"
+    ]
+
+
+def test_packed_predictions_carry_their_boundaries():
+    """per_example_tokens reads a DynMask model's seq_idx output (the last prediction, integer) as boundaries."""
+    logits = np.eye(3)[[[0, 1, 2, 0]]]  # (R=1, N=4, C=3): O B-PER I-PER O
+    labels, seq_idx = np.array([[-100, 1, 2, 1]]), np.array([[0, 0, 0, 1]], dtype=np.int32)
+    from_labels = per_example_tokens(logits, (labels, seq_idx))
+    from_outputs = per_example_tokens((logits, seq_idx), labels)
+    assert [ex.labels.tolist() for ex in from_outputs] == [[1, 2], [1]]
+    assert [ex.labels.tolist() for ex in from_labels] == [[1, 2], [1]]
+    assert [ex.labels.tolist() for ex in per_example_tokens(logits, labels)] == [[1, 2, 1]]  # rows as examples
 
 
 # -- evaluation: sequence classification -----------------------------------------------------------------------------

@@ -1,0 +1,201 @@
+"""``torch.compile`` on DynMask models: batches of changing shapes, no errors, the eager outputs, few recompiles.
+
+Each forward does its data-dependent work (host reads for the checks, index maps, the attention plan) in one call
+kept out of the compiled graphs, marks the varying sizes dynamic, and under compile plans packed attention with one
+structure for every batch. So over 20 batches of different shapes the graph of the encoder (and head) after that call
+is compiled once and reused; the short frames before the call (argument checks, no graph) recompile once for each
+input size that turns out to vary (dynamo's automatic dynamic shapes), and not at all with ``dynamic=True``. Every
+graph break is that call. ``aot_eager`` (dynamo and AOTAutograd, no code generation) keeps these tests fast; one test
+runs inductor, the default backend, which generates and compiles C++.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch._dynamo.utils import clear_compilation_metrics, counters, get_compilation_metrics
+
+from hf_dynmask import (
+    DynMaskConfig,
+    DynMaskForSequenceClassification,
+    DynMaskForTokenClassification,
+    DynMaskModel,
+    packed_layout,
+)
+
+SHAPES = 20
+MAX_RECOMPILES_PER_FRAME = 2  # one per varying input size (tokens, sequences) of the frames before the layout call
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch._dynamo.reset()
+    counters.clear()
+    clear_compilation_metrics()
+    yield
+    torch._dynamo.reset()
+    torch.set_num_threads(threads)
+
+
+def config(masking: str, **overrides) -> DynMaskConfig:
+    sizes = dict(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=64,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return DynMaskConfig(masking=masking, **{**sizes, **overrides})
+
+
+def batches(layout: str, count: int = SHAPES, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """``count`` batches of 2 to 8 sequences of 1 to 40 tokens: a new shape every time."""
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    out, seen = [], set()
+    while len(out) < count:
+        lens = [rng.randint(1, 40) for _ in range(rng.randint(2, 8))]
+        shape = (len(lens), max(lens)) if layout != "packed" else sum(lens)
+        if shape in seen:
+            continue
+        seen.add(shape)
+        labels = torch.tensor([rng.randrange(3) for _ in lens])
+        if layout == "packed":
+            boundaries = packed_layout(lens)
+            ids = torch.randint(5, 50, (1, sum(lens)), generator=generator)
+            out.append({"input_ids": ids, "cu_seq_lens_q": boundaries.cu_seqlens, "labels": labels})
+            continue
+        ids = torch.zeros(len(lens), max(lens), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, n in enumerate(lens):
+            ids[row, :n], mask[row, :n] = torch.randint(5, 50, (n,), generator=generator), 1
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return out
+
+
+def compiles_per_frame() -> dict[str, int]:
+    """How many times each frame was compiled (``compile_id`` ``frame/n``: the n-th compile of that frame)."""
+    found: dict[str, int] = {}
+    for metrics in get_compilation_metrics():
+        frame = str(metrics.compile_id).split("/")[0]
+        found[f"{metrics.co_name}#{frame}"] = found.get(f"{metrics.co_name}#{frame}", 0) + 1
+    return found
+
+
+def recompiles() -> int:
+    return sum(count - 1 for count in compiles_per_frame().values())
+
+
+def check_compiles(layouts: int = 1) -> None:
+    """The graph after the layout call compiled once per layout; every other frame at most a few times."""
+    compiles = compiles_per_frame()
+    after_layout = [frame for frame in compiles if frame.startswith("torch_dynamo_resume_in__encode_inputs")]
+    assert len(after_layout) == layouts and all(compiles[frame] == 1 for frame in after_layout), compiles
+    # The frames before the layout call serve every layout: once per layout, then once per varying input size.
+    assert all(count <= layouts * (1 + MAX_RECOMPILES_PER_FRAME) for count in compiles.values()), compiles
+
+
+def graph_break_reasons() -> list[str]:
+    return list(counters["graph_break"])
+
+
+@pytest.mark.parametrize(
+    "layout, masking, model_class",
+    [
+        ("packed", "dynamic", DynMaskModel),
+        ("padded", "dynamic", DynMaskModel),
+        ("padded", "static", DynMaskModel),
+        ("packed", "dynamic", DynMaskForSequenceClassification),
+        ("padded", "dynamic", DynMaskForTokenClassification),
+    ],
+)
+def test_compiled_forward_matches_eager_on_changing_shapes(layout, masking, model_class):
+    torch.manual_seed(0)
+    model = model_class(config(masking)).eval()
+    compiled = torch.compile(model, backend="aot_eager")
+    with torch.no_grad():
+        for batch in batches(layout):
+            if model_class is not DynMaskForSequenceClassification:
+                batch.pop("labels")
+            inputs = batch
+            expected, got = model(**inputs), compiled(**inputs)
+            torch.testing.assert_close(got[0], expected[0], atol=1e-5, rtol=0)
+            if "loss" in expected:
+                torch.testing.assert_close(got.loss, expected.loss, atol=1e-5, rtol=0)
+    assert counters["frames"]["ok"] == counters["frames"]["total"]
+    check_compiles()
+    # Every graph break is the one per-batch layout call (or the heads' label check): no .tolist(), .item(),
+    # nonzero, repeat_interleave, ...
+    boundaries = ("_layout_", "check_sequence_labels", "check_token_labels", "check_answer_positions")
+    assert all(
+        "torch.compiler.disable" in reason and any(name in reason for name in boundaries)
+        for reason in graph_break_reasons()
+    )
+
+
+def test_compiled_training_step_gives_the_eager_gradients():
+    torch.manual_seed(0)
+    model = DynMaskForSequenceClassification(config("dynamic")).train()
+    compiled = torch.compile(model, backend="aot_eager")
+    for batch in batches("packed", count=2) + batches("padded", count=2, seed=1):
+        model.zero_grad()
+        model(**batch).loss.backward()
+        expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        compiled(**batch).loss.backward()
+        for name, p in model.named_parameters():
+            if name in expected:
+                torch.testing.assert_close(p.grad, expected[name], atol=1e-5, rtol=0, msg=name)
+    check_compiles(layouts=2)
+
+
+def test_compile_with_dynamic_true_never_recompiles():
+    torch.manual_seed(0)
+    model = DynMaskModel(config("dynamic")).eval()
+    compiled = torch.compile(model, backend="aot_eager", dynamic=True)
+    with torch.no_grad():
+        for batch in batches("packed", count=8):
+            batch.pop("labels")
+            torch.testing.assert_close(compiled(**batch)[0], model(**batch)[0], atol=1e-5, rtol=0)
+    assert recompiles() == 0
+
+
+@pytest.mark.slow
+def test_inductor_compiles_packed_and_dynamic_batches():
+    """The default backend (generated C++ on CPU) on both unpadded paths: one graph each, reused for new shapes."""
+    torch.manual_seed(0)
+    model = DynMaskModel(config("dynamic")).eval()
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        for layout in ("packed", "padded"):
+            for batch in batches(layout, count=3):
+                batch.pop("labels")
+                torch.testing.assert_close(compiled(**batch)[0], model(**batch)[0], atol=1e-5, rtol=0)
+    check_compiles(layouts=2)
+
+
+@pytest.mark.parametrize("lens", [[3, 10, 2, 9], [5, 5, 5], [9, 4, 1], [1]])  # mixed, all equal, sorted, one
+@pytest.mark.parametrize("causal", [False, True])
+def test_static_structure_plans_give_the_same_attention(lens, causal):
+    """The plan torch.compile uses (one group, every field filled) computes what the default plan does."""
+    from hf_dynmask import plan_varlen, varlen_attention
+
+    cu_seqlens = packed_layout(lens).cu_seqlens
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(sum(lens), 2, 4, generator=generator) for _ in range(3))
+    static = plan_varlen(cu_seqlens, bucket_ratio=0.0, static_structure=True)
+    assert len(static.groups) == 1 and static.inverse is not None
+    group = static.groups[0]
+    assert None not in (group.q_real_slots, group.q_real, group.key_allowed)
+    for kernel in ("sdpa", "eager"):
+        expected = varlen_attention(q, k, v, plan_varlen(cu_seqlens), scaling=0.5, is_causal=causal, kernel=kernel)
+        got = varlen_attention(q, k, v, static, scaling=0.5, is_causal=causal, kernel=kernel)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
