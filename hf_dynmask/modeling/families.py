@@ -29,6 +29,7 @@ __all__ = [
     "family_of",
     "head_of",
     "position_start_of",
+    "stock_family_of",
 ]
 
 #: The DynMask family's own modules (they call the varlen kernel directly and use the interface for padded batches).
@@ -99,6 +100,19 @@ def family_of(obj: Any) -> str | None:
         return parts[2]
     if parts[-1] == "modeling_dynmask":
         return DYNMASK_FAMILY
+    return None
+
+
+def stock_family_of(model: Any) -> str | None:
+    """The family of the first transformers model class ``model`` is an instance of (itself or a subclass of one),
+    ``"dynmask"`` for DynMask models, None for anything else."""
+    family = family_of(model)
+    if family is not None:
+        return family
+    for cls in type(model).__mro__:
+        parts = cls.__module__.split(".")
+        if len(parts) >= 3 and parts[:2] == ["transformers", "models"]:
+            return parts[2]
     return None
 
 
