@@ -197,7 +197,7 @@ def check_collator_for_model(model: Any, collate_fn: Any) -> None:
     mode = collator_mode(collator)
     if mode not in PACKED_MODES:
         return
-    if not getattr(collator, "return_position_ids", True) and not isinstance(collator, BaseCollator):
+    if type(collator).__name__ == "DataCollatorWithFlattening" and not getattr(collator, "return_position_ids", True):
         raise ValueError(
             f"{type(collator).__name__}(return_position_ids=False) makes rows of several sequences without position "
             "ids: every model would number positions over the whole row. Keep return_position_ids=True"
