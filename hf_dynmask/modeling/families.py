@@ -79,7 +79,9 @@ VERIFIED_FAMILIES: dict[str, Family] = {
     "xlm_roberta": Family(False, _ENCODER, "positions from padding_idx + 1", pad_offset_positions=True),
     "distilbert": Family(False, _ENCODER, "learned absolute positions", attention_sees_positions=False),
     "electra": Family(False, _ENCODER, "factorised embeddings"),
-    "albert": Family(False, _ENCODER, "shared layers, factorised embeddings"),
+    "albert": Family(
+        False, _ENCODER, "shared layers, factorised embeddings (no gradient checkpointing in transformers)"
+    ),
     "modernbert": Family(
         False, _ENCODER, "rotary, local (sliding window) attention on some layers", attention_sees_positions=False
     ),

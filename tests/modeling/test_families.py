@@ -19,6 +19,8 @@ The whole matrix runs on tiny configs (hidden 32, two layers) on one thread.
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 from types import SimpleNamespace
 from typing import NamedTuple
 
@@ -400,6 +402,20 @@ def test_verified_table_is_what_is_tested():
         assert set(info.heads) == set(spec.heads), family
         assert info.decoder == spec.decoder, family
         assert set(info.heads) <= set(HEADS)
+
+
+def test_readme_table_is_the_verified_table():
+    """The README's table of stock families is VERIFIED_FAMILIES, row for row, and its example code compiles."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Stock models", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    expected = [
+        f"| `{name}` | {'decoder' if info.decoder else 'encoder'} | {', '.join(info.heads)} | {info.features} |"
+        for name, info in VERIFIED_FAMILIES.items()
+    ]
+    assert rows == expected
+    for block in re.findall(r"```python\n(.*?)```", section, flags=re.S):
+        compile(block, "README.md", "exec")
 
 
 def test_family_of_attention_modules():
