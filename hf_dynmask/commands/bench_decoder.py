@@ -231,7 +231,7 @@ def decoder_flops(num_tokens: int, context: int, config: Any) -> float:
     >>> c = SimpleNamespace(hidden_size=4, num_attention_heads=2, num_key_value_heads=1, intermediate_size=8,
     ...                     num_hidden_layers=1, vocab_size=10)
     >>> decoder_flops(1, 1, c)
-    368.0
+    384.0
     """
     hidden, layers = config.hidden_size, config.num_hidden_layers
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
