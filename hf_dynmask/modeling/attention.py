@@ -34,6 +34,9 @@ softcap (``tanh(scores / c) * c``, computed on the explicit path).
 - the attention takes a packed row's boundaries from ``cu_seq_lens_q/k`` when given, and for causal models also from
   restarting ``position_ids`` alone (transformers' and TRL's padding-free convention), never from a guess for an
   encoder; an unpacked, unpadded batch without a window or softcap goes to transformers' own SDPA function;
+- a packed row's ``position_ids`` must restart at the family's first position in every sequence (0, or
+  ``padding_idx + 1`` for RoBERTa-style models): positions counted over the whole row are refused, as is a row whose
+  boundaries come from restarting positions over a cache or cross-attention keys;
 - it runs only on the model families verified exact here (:mod:`.families`) and refuses any argument it cannot
   honour (attention sinks, a relative position bias on packed rows, an unknown argument), naming what to use instead.
 """
@@ -413,9 +416,10 @@ def _check_packed_positions(
             f"position_ids_start={start})"
         )
         raise ValueError(
-            f"the position_ids of a packed row must restart at {start} in every sequence for {family} (its first "
-            f"position{' is padding_idx + 1' if start else ''}); got {position_ids.reshape(-1)[:12].tolist()}... "
-            f"for sequence boundaries {cu_seqlens[:6].tolist()}... Number positions per sequence: {hint}"
+            f"the position_ids of a packed row must restart at {start} in every sequence ({family} numbers "
+            f"positions from {start}{' = padding_idx + 1' if VERIFIED_FAMILIES[family].pad_offset_positions else ''}"
+            f"); got {position_ids.reshape(-1)[:12].tolist()}... for sequence boundaries "
+            f"{cu_seqlens[:6].tolist()}... Number positions per sequence: {hint}"
         )
 
 
