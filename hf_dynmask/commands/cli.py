@@ -460,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     decoder.add_argument("--batch-size", type=_positive, default=16, help="sequences per padded batch")
     decoder.add_argument("--token-budget", type=_positive, help="tokens per packed row (default: ~batch x mean)")
     decoder.add_argument("--max-length", type=_positive, default=512, help="truncation length")
-    decoder.add_argument("--batches", type=_positive, default=4, help="batches timed per method and round")
+    decoder.add_argument("--batches", type=_positive, default=16, help="batches timed per method and round")
     decoder.add_argument("--rounds", type=_positive, default=2, help="rounds; each method keeps its best")
     decoder.add_argument("--modes", default="inference,train", help="comma list: inference,train")
     decoder.add_argument("--methods", help="comma list of methods (default: all)")

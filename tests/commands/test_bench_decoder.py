@@ -63,6 +63,12 @@ def test_bench_decoder_methods_agree_and_goals_are_reported(data, tmp_path, caps
         assert rows["hf_padded_random"]["speedup_vs_padded_random"] == 1.0
         assert rows["dynmask_packed"]["padding_fraction"] == rows["hf_flattening"]["padding_fraction"] == 0.0
         assert rows["hf_padded_random"]["padding_fraction"] > 0
+        assert rows["dynmask_packed"]["epoch_padding_fraction"] == 0.0
+        assert (
+            0
+            < rows["hf_length_grouped"]["epoch_padding_fraction"]
+            < rows["hf_padded_random"]["epoch_padding_fraction"]
+        )
     assert {g["goal"].split(":")[0] for g in report["goals"]} == {"train", "inference"}
     assert "**goals**" in out and "| dynmask_packed |" in out
 
