@@ -77,12 +77,15 @@ _REFUSED_BECAUSE = {
 
 
 def _unwrap_model(model: Any) -> Any:
-    """The model inside DDP / accelerate (``.module``) and PEFT (``get_base_model()``) wrappers."""
+    """The model inside DDP / accelerate (``.module``), ``torch.compile`` (``._orig_mod``) and PEFT
+    (``get_base_model()``) wrappers."""
     for _ in range(10):
         if hasattr(model, "get_base_model") and callable(model.get_base_model):
             model = model.get_base_model()
         elif isinstance(getattr(model, "module", None), torch.nn.Module):
             model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
         else:
             break
     return model

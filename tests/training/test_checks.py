@@ -147,6 +147,13 @@ def test_models_it_cannot_see_into_are_refused():
         check_packed_support(model)
 
 
+def test_wrapped_models_are_seen_through():
+    model = on_meta("qwen2", AutoModelForCausalLM, num_hidden_layers=1)
+    check_packed_support(torch.compile(model))
+    with pytest.raises(ValueError, match="Qwen2ForSequenceClassification cannot take packed batches"):
+        check_packed_support(torch.compile(on_meta("qwen2", AutoModelForSequenceClassification, num_hidden_layers=1)))
+
+
 def test_stock_attention_is_refused():
     with pytest.raises(ValueError, match="attn_implementation='sdpa' ignores the boundaries"):
         check_packed_support(on_meta("llama", AutoModelForCausalLM, attn="sdpa", num_hidden_layers=1))
