@@ -53,6 +53,7 @@ _LAZY = {
     "DynMaskTrainer": "training.trainer",
     "DynMaskTrainingArguments": "training.trainer",
     "check_packed_support": "training.checks",
+    "check_collator_for_model": "training.checks",
     "PaddingStatsCallback": "training.callbacks",
     "SetEpochCallback": "training.callbacks",
     "save_with_code": "sharing.hub",

@@ -1,7 +1,8 @@
-"""The ``hf-dynmask`` command line: ``demo``, ``bench`` and ``inspect``.
+"""The ``hf-dynmask`` command line: ``demo``, ``bench``, ``bench-decoder`` and ``inspect``.
 
     hf-dynmask demo [--tiny] [--output-dir DIR]        train small encoders offline in every layout, compare them
     hf-dynmask bench [--model DIR] [--dataset D]       time HF padding strategies against hf_dynmask on one model
+    hf-dynmask bench-decoder [--model DIR] [--dataset D]  the same for a stock decoder on dynmask_varlen
     hf-dynmask inspect [--dataset D] [--tokenizer T]   length histogram and the padding each strategy would have
 
 Datasets (``--dataset``): ``stdlib`` (the docstrings of the Python standard library, embedded, the default), a local
@@ -403,6 +404,53 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_decoder(args: argparse.Namespace) -> int:
+    import torch
+
+    from .atomic import write_json
+    from .bench_decoder import (
+        DECODER_METHODS,
+        DecoderBenchSettings,
+        DecoderShape,
+        decoder_markdown,
+        run_decoder_benchmark,
+    )
+
+    columns = args.text_column or ["text"]
+    texts = [text for column in columns for text in load_texts(args.dataset, column, args.split, args.limit)]
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    shape = DecoderShape(
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        intermediate_size=args.intermediate_size,
+    )
+    settings = DecoderBenchSettings(
+        batch_size=args.batch_size,
+        token_budget=args.token_budget,
+        max_length=args.max_length,
+        batches=args.batches,
+        rounds=args.rounds,
+        seed=args.seed,
+        modes=tuple(_csv_list(args.modes)),
+        methods=tuple(_csv_list(args.methods)) if args.methods else tuple(DECODER_METHODS),
+        memory=args.memory,
+        device=args.device,
+        progress=args.progress,
+        shape=shape,
+        vocab_size=args.vocab_size,
+        extra={"dataset": args.dataset, "text_columns": columns, "split": args.split, "limit": args.limit},
+    )
+    report = run_decoder_benchmark(texts, settings, model_dir=args.model, dataset_name=args.dataset)
+    report["command"] = "hf-dynmask " + " ".join(args.argv)
+    if args.json is not None:
+        write_json(args.json, report)
+    print(decoder_markdown(report))
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from .atomic import write_json
     from .padding_waste import format_report, plot_report, waste_report
@@ -457,7 +505,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``hf-dynmask`` and its three subcommands."""
+    """The argument parser of ``hf-dynmask`` and its subcommands."""
     parser = _Parser(
         prog="hf-dynmask",
         description="Dynamic padding, sequence packing and MLM masking for Hugging Face Transformers.",
@@ -528,6 +576,45 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", type=_output_path, help="write a PNG of tokens/s per method (needs matplotlib)")
     bench.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     bench.set_defaults(handler=_cmd_bench)
+
+    decoder = commands.add_parser(
+        "bench-decoder",
+        help="time a stock decoder: HF padding (random, grouped), HF flattening and packed rows on dynmask_varlen",
+        description="Time one causal LM side by side (a saved decoder of a verified family, or a new Llama of the "
+        "given shape with a tokenizer trained on the texts): transformers' SDPA with padding in random and "
+        "length-grouped order and with DataCollatorWithFlattening, and hf_dynmask's packed token-budget rows on "
+        "attn_implementation='dynmask_varlen'; inference and a training step. Reports real tokens/s, ratios, the "
+        "FLOP-proportional limit, padding, peak memory, the largest output difference, and the goals met.",
+    )
+    decoder.add_argument("--model", help="a saved causal LM of a verified decoder family (default: a new Llama)")
+    decoder.add_argument(
+        "--dataset", default="stdlib", help="as for bench (e.g. ../shared/data/scitldr_a/train.jsonl)"
+    )
+    decoder.add_argument(
+        "--text-column", action="append", help="column(s) of texts; repeat to pool several (default: text)"
+    )
+    decoder.add_argument("--split", default="train", help="split of a Hub dataset or a saved DatasetDict")
+    decoder.add_argument("--limit", type=_positive, default=None, help="use only the first N rows")
+    decoder.add_argument("--batch-size", type=_positive, default=16, help="sequences per padded batch")
+    decoder.add_argument("--token-budget", type=_positive, help="tokens per packed row (default: ~batch x mean)")
+    decoder.add_argument("--max-length", type=_positive, default=512, help="truncation length")
+    decoder.add_argument("--batches", type=_positive, default=16, help="batches timed per method and round")
+    decoder.add_argument("--rounds", type=_positive, default=2, help="rounds; each method keeps its best")
+    decoder.add_argument("--modes", default="inference,train", help="comma list: inference,train")
+    decoder.add_argument("--methods", help="comma list of methods (default: all)")
+    decoder.add_argument("--hidden-size", type=_positive, default=512)
+    decoder.add_argument("--layers", type=_positive, default=8)
+    decoder.add_argument("--heads", type=_positive, default=8)
+    decoder.add_argument("--kv-heads", type=_positive, default=2)
+    decoder.add_argument("--intermediate-size", type=_positive, default=1408)
+    decoder.add_argument("--vocab-size", type=_positive, default=8000, help="of the tokenizer trained on the texts")
+    decoder.add_argument("--threads", type=_positive, help="torch CPU threads")
+    decoder.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
+    decoder.add_argument("--seed", type=int, default=0)
+    decoder.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak memory pass")
+    decoder.add_argument("--json", type=_output_path, help="write the report as JSON")
+    decoder.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    decoder.set_defaults(handler=_cmd_bench_decoder)
 
     inspect = commands.add_parser(
         "inspect",

@@ -304,9 +304,12 @@ class BaseCollator:
     pad_to_multiple_of: int | None = field(
         default=None, metadata={"help": "dynamic mode: round the padded length up to a multiple of this."}
     )
-    position_start: int = field(
-        default=0,
-        metadata={"help": "packed mode: first position id of every sequence (RoBERTa-style models: padding_idx + 1)."},
+    position_start: int | None = field(
+        default=None,
+        metadata={
+            "help": "packed mode: first position id of every sequence (RoBERTa-style models: padding_idx + 1). "
+            "None: the model's, set by DynMaskTrainer / PaddingStatsCallback when they see the model, else 0."
+        },
     )
 
     task: ClassVar[str] = ""
@@ -481,7 +484,7 @@ class BaseCollator:
     ) -> LaidOut:
         """Pad (static / dynamic) or pack flat ``(N,)`` columns; each comes with its padding value."""
         if self.mode == "packed":
-            layout = packed_layout(seq_lens, position_start=self.position_start)
+            layout = packed_layout(seq_lens, position_start=self.position_start or 0)
             tensors = {key: flat.unsqueeze(0) for key, (flat, _) in columns.items()}  # (1, N)
             return LaidOut(tensors=tensors, attention_mask=None, layout=layout, left_pad=None)
         seqlen = self._padded_length(seq_lens, static_length)

@@ -34,6 +34,9 @@ softcap (``tanh(scores / c) * c``, computed on the explicit path).
 - the attention takes a packed row's boundaries from ``cu_seq_lens_q/k`` when given, and for causal models also from
   restarting ``position_ids`` alone (transformers' and TRL's padding-free convention), never from a guess for an
   encoder; an unpacked, unpadded batch without a window or softcap goes to transformers' own SDPA function;
+- a packed row's ``position_ids`` must restart at the family's first position in every sequence (0, or
+  ``padding_idx + 1`` for RoBERTa-style models): positions counted over the whole row are refused, as is a row whose
+  boundaries come from restarting positions over a cache or cross-attention keys;
 - it runs only on the model families verified exact here (:mod:`.families`) and refuses any argument it cannot
   honour (attention sinks, a relative position bias on packed rows, an unknown argument), naming what to use instead.
 """
@@ -45,8 +48,8 @@ from typing import Any, NamedTuple
 import torch
 from torch.nn import functional as F
 
-from .families import check_verified_family
-from .layout import cu_seqlens_from_position_ids
+from .families import DYNMASK_FAMILY, VERIFIED_FAMILIES, check_verified_family, position_start_of
+from .layout import cu_seqlens_from_position_ids, position_ids_from_cu_seqlens
 from .masks import to_additive
 
 ATTN_IMPLEMENTATION = "dynmask_varlen"
@@ -398,6 +401,47 @@ def _bucket_ratio(module: torch.nn.Module) -> float:
     return float(getattr(getattr(module, "config", None), "varlen_bucket_ratio", 0.8))
 
 
+def _check_packed_positions(
+    module: torch.nn.Module, family: str, position_ids: torch.Tensor | None, cu_seqlens: torch.Tensor, batch_size: int
+) -> None:
+    """Refuse a packed row whose ``position_ids`` do not restart at the family's first position in every sequence.
+
+    The model numbers its positions from ``position_ids`` (learned absolute or rotary), so positions counted over the
+    whole row, or from the wrong start (RoBERTa-style models start at ``padding_idx + 1``), give each sequence other
+    outputs than it has alone. Checked once per forward. Families whose attention never receives ``position_ids``
+    (see :class:`~.families.Family`) cannot be checked here; hf_dynmask's packed collator always passes them.
+    """
+    if family == DYNMASK_FAMILY:
+        return  # DynMask models check their own packed batches
+    start = position_start_of(getattr(module, "config", None))
+    if position_ids is None:
+        if VERIFIED_FAMILIES[family].attention_sees_positions:
+            raise ValueError(
+                f"a packed row (cu_seq_lens_q) without position_ids: {family} would number positions over the whole "
+                f"row. Pass position_ids restarting at {start} in every sequence (hf_dynmask's packed collator and "
+                "DataCollatorWithFlattening do)"
+            )
+        return
+
+    def consistent() -> bool:
+        expected = position_ids_from_cu_seqlens(cu_seqlens.to(position_ids.device), start)
+        flat = position_ids.expand(batch_size, -1).reshape(-1)
+        return flat.shape == expected.shape and torch.equal(flat, expected)
+
+    key = (start, cu_seqlens.data_ptr(), cu_seqlens._version, tuple(cu_seqlens.shape))
+    if not _once_per_forward(position_ids, "_dynmask_positions_checked", key, consistent):
+        hint = (
+            f"make_collator(..., mode='packed', position_start={start}) or DataCollatorWithFlattening("
+            f"position_ids_start={start})"
+        )
+        raise ValueError(
+            f"the position_ids of a packed row must restart at {start} in every sequence ({family} numbers "
+            f"positions from {start}{' = padding_idx + 1' if VERIFIED_FAMILIES[family].pad_offset_positions else ''}"
+            f"); got {position_ids.reshape(-1)[:12].tolist()}... for sequence boundaries "
+            f"{cu_seqlens[:6].tolist()}... Number positions per sequence: {hint}"
+        )
+
+
 def varlen_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -436,7 +480,7 @@ def varlen_attention_forward(
     """
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
-    check_verified_family(module)
+    family = check_verified_family(module)
     _check_kwargs(kwargs)
     if s_aux is not None:
         raise ValueError(
@@ -464,6 +508,7 @@ def varlen_attention_forward(
                 "attention_mask or use the dynamic-padding collator instead of the packed one"
             )
         holder = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
+        _check_packed_positions(module, family, position_ids, cu_q, batch_size)
     elif attention_mask is not None:  # a padded batch: its 4-D mask says everything, as for stock SDPA
         if softcap is None:
             return sdpa_attention_forward(
@@ -477,7 +522,7 @@ def varlen_attention_forward(
         out = _eager(query, key, value, allowed, scaling, dropout, module.training, softcap)
         return out.transpose(1, 2).contiguous(), None
     else:
-        if position_ids is not None and q_len == k_len and q_len > 1:
+        if position_ids is not None and q_len > 1 and position_ids.shape[-1] == q_len:
             cu_q = _once_per_forward(
                 position_ids,
                 "_dynmask_boundaries",
@@ -490,6 +535,14 @@ def varlen_attention_forward(
                     "cu_seq_lens_q (hf_dynmask's packed collator, or DataCollatorWithFlattening("
                     "return_flash_attn_kwargs=True)); boundaries are never guessed for bidirectional attention"
                 )
+            if cu_q is not None and k_len != q_len:
+                raise ValueError(
+                    f"position_ids restart inside a row of {q_len} queries attending to {k_len} keys (a packed row "
+                    "over a cache, or cross-attention): packed rows are supported for self-attention without earlier "
+                    "cached tokens only. Run packed rows in one forward, or pad the batch instead"
+                )
+            if cu_q is not None:
+                _check_packed_positions(module, family, position_ids, cu_q, batch_size)
             cu_k, holder = cu_q, position_ids
         window_active = sliding_window is not None and k_len > sliding_window
         offset_causal = is_causal and q_len > 1 and q_len != k_len  # queries over a cache: bottom-right alignment

@@ -1,38 +1,96 @@
-"""The stock transformers model families that ``attn_implementation="dynmask_varlen"`` is verified exact on.
+"""The stock transformers model families and heads that ``attn_implementation="dynmask_varlen"`` is verified exact on.
 
-Model-side module: imports only the standard library (it may be saved next to a model as remote code).
+Model-side module: imports only the standard library and, lazily, transformers (it may be saved next to a model as
+remote code).
 
 A family is named by the folder of its modeling code in transformers (``transformers.models.<family>``), which is
-what an attention module's class tells about itself: ``type(module).__module__`` is
-``"transformers.models.llama.modeling_llama"`` for every Llama attention layer, whatever the head or the config.
-Each family listed here has an equivalence test against every sequence run alone through the stock model on
-``"sdpa"`` (``tests/modeling/test_attention.py``); any other family is refused, because what its attention passes
-(relative position biases, extra masks, score modifiers) has not been checked.
+what a module's class tells about itself: ``type(module).__module__`` is ``"transformers.models.llama.modeling_llama"``
+for every Llama attention layer, whatever the head or the config. Each family listed in :data:`VERIFIED_FAMILIES`
+has an equivalence test (``tests/modeling/test_families.py``): a packed row against every sequence run alone
+through the stock model on SDPA, for each listed head, in eval and train mode, with gradient checkpointing, and for
+decoders with and without a cache. Any other family is refused, because what its attention does (a relative position
+bias, an attention that never calls transformers' ``AttentionInterface``, positions numbered over the whole row) has
+not been checked.
+
+A head is named by the Auto class that loads it (:data:`HEADS`); :func:`head_of` reads it from transformers' own
+Auto mappings, so a model is recognised by its class, not by a suffix of its name.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["DYNMASK_FAMILY", "VERIFIED_FAMILIES", "check_verified_family", "family_of"]
+__all__ = [
+    "DYNMASK_FAMILY",
+    "HEADS",
+    "VERIFIED_FAMILIES",
+    "Family",
+    "check_verified_family",
+    "family_of",
+    "head_of",
+    "position_start_of",
+    "stock_family_of",
+]
 
 #: The DynMask family's own modules (they call the varlen kernel directly and use the interface for padded batches).
 DYNMASK_FAMILY = "dynmask"
 
-#: transformers model folder -> what the family is (the equivalence tests cover each).
-VERIFIED_FAMILIES: dict[str, str] = {
-    "bert": "encoder",
-    "gemma2": "decoder, grouped-query, sliding window, attention softcap",
-    "llama": "decoder, grouped-query",
-    "mistral": "decoder, grouped-query, sliding window",
-    "modernbert": "encoder, local (sliding window) attention",
-    "qwen2": "decoder, grouped-query, sliding window",
+#: Head kind -> the name of transformers' Auto mapping that lists its class for each model type. These heads keep
+#: one output per token (and a loss over tokens), so a packed row gives each sequence's outputs; heads that pool a
+#: row (sequence classification, multiple choice) or index it (question answering) cannot take a packed row.
+HEADS: dict[str, str] = {
+    "base": "MODEL_MAPPING_NAMES",
+    "causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    "masked-lm": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
+    "token-classification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+}
+
+
+class Family(NamedTuple):
+    """What the equivalence tests verified for one transformers model family."""
+
+    decoder: bool  # causal self-attention: packed boundaries may also come from restarting position_ids
+    heads: tuple[str, ...]  # keys of HEADS tested exact
+    features: str  # what the tests exercise, for the README table
+    pad_offset_positions: bool = False  # positions start at padding_idx + 1 (RoBERTa-style), else at 0
+    attention_sees_positions: bool = True  # the attention receives position_ids (packed rows' positions checked)
+
+
+_DECODER = ("base", "causal-lm", "token-classification")
+_ENCODER = ("base", "masked-lm", "token-classification")
+
+#: transformers model folder -> what the equivalence tests verified. Keep in step with tests/modeling/test_families.py
+#: (a test checks that the two agree).
+VERIFIED_FAMILIES: dict[str, Family] = {
+    # decoders
+    "llama": Family(True, _DECODER, "grouped-query"),
+    "mistral": Family(True, _DECODER, "grouped-query, sliding window"),
+    "qwen2": Family(True, _DECODER, "grouped-query, sliding window on some layers"),
+    "qwen3": Family(True, _DECODER, "multi-query, q/k norms, sliding window on some layers"),
+    "gemma": Family(True, _DECODER, "multi-query"),
+    "gemma2": Family(True, _DECODER, "grouped-query, sliding window, attention softcap"),
+    "phi3": Family(True, _DECODER, "grouped-query, sliding window"),
+    "olmo2": Family(True, ("base", "causal-lm"), "grouped-query, q/k norms"),
+    "gpt_neox": Family(True, _DECODER, "partial rotary, parallel residual"),
+    "gpt2": Family(True, _DECODER, "learned absolute positions, per-layer attention scaling"),
+    # encoders
+    "bert": Family(False, _ENCODER, "learned absolute positions"),
+    "roberta": Family(False, _ENCODER, "positions from padding_idx + 1", pad_offset_positions=True),
+    "xlm_roberta": Family(False, _ENCODER, "positions from padding_idx + 1", pad_offset_positions=True),
+    "distilbert": Family(False, _ENCODER, "learned absolute positions", attention_sees_positions=False),
+    "electra": Family(False, _ENCODER, "factorised embeddings"),
+    "albert": Family(
+        False, _ENCODER, "shared layers, factorised embeddings (no gradient checkpointing in transformers)"
+    ),
+    "modernbert": Family(
+        False, _ENCODER, "rotary, local (sliding window) attention on some layers", attention_sees_positions=False
+    ),
 }
 
 
 def family_of(obj: Any) -> str | None:
-    """The transformers model folder an attention module (or a model) comes from, ``"dynmask"`` for DynMask's own
-    modules (also when loaded as remote code), None for anything else.
+    """The transformers model folder a module (an attention layer or a whole model) comes from, ``"dynmask"`` for
+    DynMask's own modules (also when loaded as remote code), None for anything else.
 
     >>> import torch
     >>> family_of(torch.nn.Linear(1, 1)) is None
@@ -45,6 +103,58 @@ def family_of(obj: Any) -> str | None:
     if parts[-1] == "modeling_dynmask":
         return DYNMASK_FAMILY
     return None
+
+
+def stock_family_of(model: Any) -> str | None:
+    """The family of the first transformers model class ``model`` is an instance of (itself or a subclass of one),
+    ``"dynmask"`` for DynMask models, None for anything else."""
+    family = family_of(model)
+    if family is not None:
+        return family
+    for cls in type(model).__mro__:
+        parts = cls.__module__.split(".")
+        if len(parts) >= 3 and parts[:2] == ["transformers", "models"]:
+            return parts[2]
+    return None
+
+
+def head_of(model: Any) -> str | None:
+    """The :data:`HEADS` kind of a stock transformers model, from transformers' Auto mappings; None when its class is
+    not the class one of those Auto classes loads for its ``model_type`` (another head, or a subclass that changes
+    ``forward``).
+    """
+    from transformers.models.auto import modeling_auto
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type is None:
+        return None
+    for cls in type(model).__mro__:
+        if cls.__module__.split(".")[:2] != ["transformers", "models"]:
+            continue
+        if cls.forward is not type(model).forward:
+            return None  # a subclass that computes something else than the stock head
+        for head, mapping in HEADS.items():
+            names = getattr(modeling_auto, mapping).get(model_type)
+            if cls.__name__ in ((names,) if isinstance(names, str) else tuple(names or ())):
+                return head
+        return None
+    return None
+
+
+def position_start_of(config: Any) -> int:
+    """The first position id of every sequence a model of ``config`` numbers itself: ``padding_idx + 1`` for
+    RoBERTa-style embeddings (``pad_token_id + 1``), DynMask's ``position_start``, 0 otherwise.
+
+    >>> from types import SimpleNamespace
+    >>> position_start_of(SimpleNamespace(model_type="roberta", pad_token_id=1))
+    2
+    """
+    if getattr(config, "model_type", None) == DYNMASK_FAMILY:
+        return int(getattr(config, "position_start", 0))
+    family = VERIFIED_FAMILIES.get(family_of(config) or str(getattr(config, "model_type", "")).replace("-", "_"))
+    if family is not None and family.pad_offset_positions:
+        return int(config.pad_token_id) + 1
+    return 0
 
 
 def check_verified_family(module: Any) -> str:

@@ -41,7 +41,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ..data.collators import token_counts
-from .checks import check_packed_support, collator_mode, unwrap_collator
+from .checks import check_collator_for_model, unwrap_collator
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class PaddingStatsCallback(TrainerCallback, ExportableState):
     from one (at ``on_train_begin``, whatever ``restore_callback_states_from_checkpoint`` says).
 
     At ``on_train_begin`` it also refuses a packed collator with a model that cannot keep packed sequences apart
-    (:func:`~.checks.check_packed_support`), so a stock ``Trainer`` with this callback fails before the first
+    (:func:`~.checks.check_collator_for_model`), so a stock ``Trainer`` with this callback fails before the first
     step instead of training on cross-contaminated batches.
     """
 
@@ -182,8 +182,7 @@ class PaddingStatsCallback(TrainerCallback, ExportableState):
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
         if model is not None and train_dataloader is not None:
-            if collator_mode(getattr(train_dataloader, "collate_fn", None)) == "packed":
-                check_packed_support(model)
+            check_collator_for_model(model, getattr(train_dataloader, "collate_fn", None))
         saved = state.stateful_callbacks.get(type(self).__name__) if state.global_step > 0 else None
         if isinstance(saved, dict):  # resumed from a checkpoint: continue its totals
             for name, value in saved.get("attributes", {}).items():

@@ -1,88 +1,224 @@
-"""Checks the Trainer integration runs before training: can the model take packed batches, which mode is the
-collator in, does the training data carry the labels its task needs.
+"""Checks the Trainer integration runs before training: can the model take the collator's packed batches, which mode
+is the collator in, does the training data carry the labels its task needs.
 
 They sit below :mod:`~hf_dynmask.training.trainer` and :mod:`~hf_dynmask.training.callbacks`, which both run them
-(``DynMaskTrainer`` at construction and before training, ``PaddingStatsCallback`` at ``on_train_begin``).
+(``DynMaskTrainer`` at construction and before training, evaluation and prediction; ``PaddingStatsCallback`` at
+``on_train_begin``).
+
+What makes a packed batch safe. A packed row holds several sequences back to back; the model must keep them apart
+(attention, positions, pooling, loss). :func:`check_packed_support` accepts:
+
+- every DynMask model (it reads the stated boundaries and pools per sequence);
+- a stock transformers model whose family and head are verified exact with ``dynmask_varlen`` (every transformers
+  module it contains belongs to a family of :data:`~hf_dynmask.modeling.families.VERIFIED_FAMILIES`, and its class is
+  one of that family's tested heads, found through transformers' Auto mappings), loaded with
+  ``attn_implementation="dynmask_varlen"`` (any device) or a flash-attention kernel (CUDA; transformers' own varlen
+  path for these families, which reads the same boundaries).
+
+Everything else is refused with what to use instead: dynamic padding (``make_collator(..., mode="dynamic")``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from ..data.collators import BaseCollator
+from ..modeling.families import (
+    DYNMASK_FAMILY,
+    VERIFIED_FAMILIES,
+    family_of,
+    head_of,
+    position_start_of,
+    stock_family_of,
+)
 from ..modeling.modeling_dynmask import DynMaskPreTrainedModel
 
 __all__ = [
     "PACKED_ATTENTION_IMPLEMENTATIONS",
+    "PACKED_MODES",
+    "check_collator_for_model",
     "check_packed_support",
     "check_training_labels",
     "collator_mode",
     "unwrap_collator",
 ]
 
-#: Attention implementations of stock transformers models that honour ``cu_seq_lens_q`` boundaries.
-PACKED_ATTENTION_IMPLEMENTATIONS = ("dynmask_varlen", "flash_attention_2", "flash_attention_3", "flash_attention_4")
-# Stock model classes whose outputs and loss are per token (a packed row is fine); anything else (sequence
-# classification, multiple choice, QA with per-sequence positions) pools or indexes row 0 and cannot take a pack.
-_TOKEN_LEVEL_SUFFIXES = ("ForTokenClassification", "ForMaskedLM", "ForCausalLM", "LMHeadModel", "Model")
+#: Attention implementations of stock transformers models that keep the sequences of a packed row apart.
+PACKED_ATTENTION_IMPLEMENTATIONS = ("dynmask_varlen", "flash_attention_2", "flash_attention_3")
+
+#: Collator modes whose batches are rows of several sequences: ``"packed"`` states the boundaries
+#: (``cu_seq_lens_q/k``); ``"flattened"`` marks them only by restarting ``position_ids``.
+PACKED_MODES = ("packed", "flattened")
+
+Boundaries = Literal["cu_seq_lens", "position_ids"]
+
+_DYNAMIC_PADDING = (
+    "Use dynamic padding instead: make_collator(tokenizer, task, mode='dynamic') (or transformers' "
+    "DataCollatorWithPadding), with group_by_length=True or DynMaskTrainingArguments(token_budget=...) for less "
+    "padding"
+)
+
+# Why some common families are refused, beyond "not verified".
+_NEVER_CALLS_THE_INTERFACE = (
+    "its disentangled attention never calls transformers' attention interface, so no attn_implementation reaches it "
+    "and packed sequences would attend to each other"
+)
+_REFUSED_BECAUSE = {
+    "deberta": _NEVER_CALLS_THE_INTERFACE,
+    "deberta_v2": _NEVER_CALLS_THE_INTERFACE,
+    "t5": "its relative position bias is computed over the whole row",
+    "mt5": "its relative position bias is computed over the whole row",
+    "bart": "its learned positions are numbered over the whole row (an encoder-decoder)",
+    "mbart": "its learned positions are numbered over the whole row (an encoder-decoder)",
+    "marian": "its positions are numbered over the whole row (an encoder-decoder)",
+}
 
 
 def _unwrap_model(model: Any) -> Any:
-    """The model inside DDP / accelerate (``.module``) and PEFT (``get_base_model()``) wrappers."""
+    """The model inside DDP / accelerate (``.module``), ``torch.compile`` (``._orig_mod``) and PEFT
+    (``get_base_model()``) wrappers."""
     for _ in range(10):
         if hasattr(model, "get_base_model") and callable(model.get_base_model):
             model = model.get_base_model()
         elif isinstance(getattr(model, "module", None), torch.nn.Module):
             model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
         else:
             break
     return model
 
 
-def check_packed_support(model: Any) -> None:
-    """Raise ``ValueError`` unless ``model`` keeps the sequences of a packed batch apart.
+def check_packed_support(model: Any, boundaries: Boundaries = "cu_seq_lens") -> None:
+    """Raise ``ValueError`` unless ``model`` keeps the sequences of a packed row apart exactly.
 
-    Accepted: every DynMask model; a stock transformers model whose ``config._attn_implementation`` is one of
-    :data:`PACKED_ATTENTION_IMPLEMENTATIONS` *and* whose head is per token (``...ForTokenClassification``,
-    ``...ForMaskedLM``, ``...ForCausalLM``, a base ``...Model``). A stock ``BertForSequenceClassification`` pools row
-    0, so it can never take a packed batch, whatever its attention.
+    Args:
+        model: the model (DDP, accelerate and PEFT wrappers are looked through).
+        boundaries: how the rows mark their sequences: ``"cu_seq_lens"`` (stated: hf_dynmask's packed collator,
+            ``DataCollatorWithFlattening(return_flash_attn_kwargs=True)``) or ``"position_ids"`` (restarting
+            positions only: ``DataCollatorWithFlattening()``, TRL's ``padding_free``), which only causal decoders
+            can read; an encoder's boundaries are never guessed.
+
+    See the module docstring for what is accepted. A stock ``...ForSequenceClassification`` (or multiple choice,
+    question answering) pools or indexes each *row*, so a pack of several sequences would be scored as one: refused
+    whatever its attention, with or without labels.
     """
     inner = _unwrap_model(model)
-    if isinstance(inner, DynMaskPreTrainedModel):
-        return
     name = type(inner).__name__
-    config = getattr(inner, "config", None)
-    attn = getattr(config, "_attn_implementation", None)
-    token_level = name.endswith(_TOKEN_LEVEL_SUFFIXES)
-    if attn in PACKED_ATTENTION_IMPLEMENTATIONS and token_level:
+    if isinstance(inner, DynMaskPreTrainedModel) or family_of(inner) == DYNMASK_FAMILY:  # installed or remote code
+        if boundaries == "position_ids":
+            raise ValueError(
+                f"{name} reads packed boundaries from cu_seq_lens_q / seq_idx and refuses rows marked only by "
+                "restarting position_ids; use make_collator(..., mode='packed') or "
+                "DataCollatorWithFlattening(return_flash_attn_kwargs=True)"
+            )
         return
-    if not token_level:
+    families = {family_of(module) for module in inner.modules()} - {None, DYNMASK_FAMILY}
+    unverified = sorted(f for f in families if f not in VERIFIED_FAMILIES)
+    if unverified:
+        reasons = "; ".join(f"{f}: {_REFUSED_BECAUSE[f]}" for f in unverified if f in _REFUSED_BECAUSE)
         raise ValueError(
-            f"{name} cannot take packed batches: its head works on whole rows (pooling or per-sequence outputs), so a "
-            "pack of several sequences in one row would be scored as one. Use a dynamic or static collator "
-            "(make_collator(..., mode='dynamic')), or a DynMask model, which pools per sequence: "
-            "AutoModelForSequenceClassification.from_pretrained(path, config=DynMaskConfig.from_pretrained(path))"
+            f"{name} cannot take packed batches: packed attention is not verified exact on the model family "
+            f"{unverified}"
+            + (f" ({reasons})" if reasons else "")
+            + f". Verified: {sorted(VERIFIED_FAMILIES)}. "
+            + _DYNAMIC_PADDING
         )
-    raise ValueError(
-        f"{name} with attn_implementation={attn!r} ignores the boundaries of a packed batch (cu_seq_lens_q): its "
-        "sequences would attend to each other. Load it with attn_implementation='dynmask_varlen' (any device; "
-        "import hf_dynmask first) or 'flash_attention_2' (CUDA), use a DynMask model, or use a dynamic collator"
-    )
+    family = stock_family_of(inner)
+    if family is None or family not in VERIFIED_FAMILIES:
+        raise ValueError(
+            f"{name} is neither a DynMask model nor a stock transformers model of a verified family "
+            f"({sorted(VERIFIED_FAMILIES)}), so nothing says it keeps packed sequences apart. " + _DYNAMIC_PADDING
+        )
+    info = VERIFIED_FAMILIES[family]
+    head = head_of(inner)
+    if head not in info.heads:
+        raise ValueError(
+            f"{name} cannot take packed batches: only per-token heads of {family} are verified with packed rows "
+            f"({', '.join(info.heads)}); this head pools or indexes whole rows (or is not one of transformers' "
+            "stock heads), so a row of several sequences would be scored as one, with or without labels. "
+            + _DYNAMIC_PADDING
+            + (
+                ". For BERT or RoBERTa checkpoints a DynMask model pools per sequence: "
+                "AutoModelForSequenceClassification.from_pretrained(path, config=DynMaskConfig.from_pretrained(path))"
+                if family in ("bert", "roberta")
+                else ""
+            )
+        )
+    attn = getattr(inner.config, "_attn_implementation", None)
+    if attn not in PACKED_ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f"{name} with attn_implementation={attn!r} ignores the boundaries of a packed batch (cu_seq_lens_q): its "
+            "sequences would attend to each other. Load it with attn_implementation='dynmask_varlen' (any device; "
+            "import hf_dynmask first) or 'flash_attention_2' (CUDA), use a DynMask model, or use a dynamic collator"
+        )
+    if boundaries == "position_ids" and not info.decoder:
+        raise ValueError(
+            f"{name} is an encoder: its packed rows need stated boundaries, never guessed from restarting "
+            "position_ids. Use make_collator(..., mode='packed') or DataCollatorWithFlattening("
+            "return_flash_attn_kwargs=True)"
+        )
 
 
 def collator_mode(collate_fn: Any) -> str | None:
-    """``"static"``, ``"dynamic"`` or ``"packed"`` for an hf_dynmask collator (through the Trainer's wrappers).
+    """The layout a collator makes, seen through the Trainer's wrappers; None for a collator it does not know.
 
-    transformers' ``DataCollatorWithFlattening`` counts as ``"packed"``. None for any other collator.
+    ``"static"``, ``"dynamic"`` or ``"packed"`` for an hf_dynmask collator. transformers'
+    ``DataCollatorWithFlattening`` is ``"packed"`` with ``return_flash_attn_kwargs=True`` (it states
+    ``cu_seq_lens_q/k``) and ``"flattened"`` without (sequences marked only by restarting ``position_ids``), like
+    TRL's ``padding_free`` collator.
     """
     collator = unwrap_collator(collate_fn)
     if isinstance(collator, BaseCollator):
         return collator.mode
-    if type(collator).__name__ == "DataCollatorWithFlattening":
-        return "packed"
+    kind = type(collator).__name__
+    if kind == "DataCollatorWithFlattening":
+        return "packed" if getattr(collator, "return_flash_attn_kwargs", False) else "flattened"
+    if kind == "DataCollatorForLanguageModeling" and type(collator).__module__.startswith("trl"):
+        return "flattened" if getattr(collator, "padding_free", False) else "dynamic"
     return None
+
+
+def _collator_position_start(collator: Any) -> int | None:
+    """The first position id a packed collator gives every sequence (None: the model's, resolved by the caller)."""
+    if isinstance(collator, BaseCollator):
+        return collator.position_start
+    return int(getattr(collator, "position_ids_start", 0))
+
+
+def check_collator_for_model(model: Any, collate_fn: Any) -> None:
+    """Before the first step: can ``model`` take what ``collate_fn`` makes? Raise ``ValueError`` if not.
+
+    For packed and flattened collators: :func:`check_packed_support` with the collator's kind of boundaries, rows
+    that carry position ids, and the collator's first position id equal to the model's (RoBERTa-style models number
+    positions from ``padding_idx + 1``). An hf_dynmask packed collator left at ``position_start=None`` takes the
+    model's here.
+    """
+    collator = unwrap_collator(collate_fn)
+    mode = collator_mode(collator)
+    if mode not in PACKED_MODES:
+        return
+    if type(collator).__name__ == "DataCollatorWithFlattening" and not getattr(collator, "return_position_ids", True):
+        raise ValueError(
+            f"{type(collator).__name__}(return_position_ids=False) makes rows of several sequences without position "
+            "ids: every model would number positions over the whole row. Keep return_position_ids=True"
+        )
+    check_packed_support(model, "cu_seq_lens" if mode == "packed" else "position_ids")
+    config = getattr(_unwrap_model(model), "config", None)
+    expected = position_start_of(config)
+    given = _collator_position_start(collator)
+    if given is None:
+        collator.position_start = expected
+        return
+    if given != expected:
+        option = "position_start" if isinstance(collator, BaseCollator) else "position_ids_start"
+        raise ValueError(
+            f"the packed collator numbers positions from {given} but {type(_unwrap_model(model)).__name__} numbers "
+            f"them from {expected}" + (" (padding_idx + 1)" if expected else "") + f": set {option}={expected} "
+            f"(or leave an hf_dynmask collator's position_start unset and it follows the model)"
+        )
 
 
 # Label columns a training dataset must carry, per collator task (None: the collator makes the labels).

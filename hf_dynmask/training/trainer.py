@@ -17,12 +17,15 @@ batch sampler to change, which a collator cannot do. :class:`DynMaskTrainer` wit
 (an ``IterableDataset``, packed on the fly). Everything else is the stock Trainer: evaluation, checkpoints, resume.
 
 Safety. A packed batch is one row ``(1, N)`` whose sequence boundaries are in ``cu_seq_lens_q`` / ``seq_idx``; a
-model that ignores them attends across sequences without any error. :func:`check_packed_support` refuses such a
-model. It runs in :class:`DynMaskTrainer` (at construction and before training) and in
-:class:`~.callbacks.PaddingStatsCallback` (at ``on_train_begin``). A stock ``Trainer`` without either never
-shows the model to hf_dynmask: a DynMask model is safe anyway (it reads the boundaries, and refuses a row whose
-positions restart without them), a stock model is not, so call ``check_packed_support(model)`` yourself or use one
-of the two.
+model that ignores them attends across sequences without any error. :func:`~.checks.check_collator_for_model`
+refuses such a model (:func:`~.checks.check_packed_support`) and a packed collator whose first position id is not the
+model's (it sets an hf_dynmask collator's ``position_start`` left at None to the model's). It runs in
+:class:`DynMaskTrainer` (at construction and before training, evaluation and prediction) and in
+:class:`~.callbacks.PaddingStatsCallback` (at ``on_train_begin``). A stock ``Trainer`` without either never shows the
+model to hf_dynmask: a DynMask model is safe anyway (it reads the boundaries, and refuses a row whose positions
+restart without them), and so is a verified stock family on ``dynmask_varlen`` at the attention level (it refuses
+positions that do not restart per sequence), but nothing there can see a head that pools whole rows, so call
+``check_packed_support(model)`` yourself or use one of the two.
 """
 
 from __future__ import annotations
@@ -45,9 +48,10 @@ from ..data.prepare import TokenBudgetStream, example_length, is_iterable_datase
 from ..modeling.modeling_dynmask import DynMaskForTokenClassification
 from .callbacks import PaddingStatsCallback, SetEpochCallback
 from .checks import (
+    PACKED_MODES,
     _column_names,
     _unwrap_model,
-    check_packed_support,
+    check_collator_for_model,
     check_training_labels,
     collator_mode,
     unwrap_collator,
@@ -166,11 +170,10 @@ class DynMaskTrainer(Trainer):
     def _token_budget(self) -> int | None:
         return getattr(self.args, "token_budget", None)
 
-    def _check_setup(self) -> None:
-        mode = collator_mode(self.data_collator)
-        if mode == "packed" and self.model is not None:
-            check_packed_support(self.model)
-        if self.train_dataset is not None:
+    def _check_setup(self, labels: bool = True) -> None:
+        if self.model is not None:
+            check_collator_for_model(self.model, self.data_collator)
+        if labels and self.train_dataset is not None:
             check_training_labels(self.train_dataset, self.data_collator)
 
     def _set_label_names(self) -> None:
@@ -196,7 +199,7 @@ class DynMaskTrainer(Trainer):
     def _cost(self) -> str:
         cost = getattr(self.args, "token_budget_cost", "auto")
         if cost == "auto":
-            return "packed" if collator_mode(self.data_collator) == "packed" else "padded"
+            return "packed" if collator_mode(self.data_collator) in PACKED_MODES else "padded"
         return cost
 
     def _token_budget_sampler(self, dataset: Any) -> TokenBudgetBatchSampler:
@@ -249,6 +252,16 @@ class DynMaskTrainer(Trainer):
         if is_iterable_dataset(self.train_dataset):
             return self._stream_dataloader(self.train_dataset)
         return self._budget_dataloader(self.train_dataset)
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> DataLoader:
+        """The stock evaluation DataLoader, after checking that the model can take the collator's batches."""
+        self._check_setup(labels=False)
+        return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset: Any) -> DataLoader:
+        """The stock prediction DataLoader (batches without labels), after the same check."""
+        self._check_setup(labels=False)
+        return super().get_test_dataloader(test_dataset)
 
     def _loader_params(self, collate_fn: Any) -> dict[str, Any]:
         params = {

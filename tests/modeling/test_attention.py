@@ -1,24 +1,21 @@
-"""hf_dynmask.modeling.attention: the varlen kernel against per-sequence references, and ``dynmask_varlen`` on stock
-transformers families against each sequence run alone through the stock model on SDPA.
+"""hf_dynmask.modeling.attention: the varlen kernel against per-sequence references, and what the transformers entry
+points refuse.
 
 Kernel: self- and cross-attention (different query and key boundaries), causal and not, grouped-query heads, sliding
-windows both ways, softcap, every bucketing ratio, lengths 1 to 40, gradients included. Stock families: a packed row
-of lengths 1, 3, 17, 40, 9, 25 (boundaries from ``cu_seq_lens_q/k``, and for decoders from restarting
-``position_ids`` alone), in eval and train mode, with and without a cache, with gradient checkpointing; outputs at
-every real token and parameter gradients equal the per-sequence reference (fp32, atol 1e-5).
+windows both ways, softcap, every bucketing ratio, lengths 1 to 40, gradients included. Entry points: no dense mask for
+a packed row; unverified families, unknown arguments, attention sinks, position biases, guessed encoder boundaries,
+packed rows over a cache and positions not restarting per sequence are refused. The stock families against each
+sequence alone are in ``test_families.py``.
 """
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
 import hf_dynmask  # noqa: F401  (registers dynmask_varlen)
-from hf_dynmask.modeling.attention import plan_varlen, varlen_attention
-from hf_dynmask.modeling.families import VERIFIED_FAMILIES, check_verified_family, family_of
+from hf_dynmask.modeling.attention import plan_varlen, varlen_attention, varlen_attention_forward
 from hf_dynmask.modeling.layout import cu_seqlens_from_seq_lens, position_ids_from_cu_seqlens
 
 ATOL = 1e-5
@@ -151,175 +148,28 @@ def test_kernel_refuses_mismatched_tokens_and_heads():
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Stock families: a packed row against each sequence alone on stock SDPA
+# The AttentionInterface / AttentionMaskInterface entries (the family matrix is in test_families.py)
 # --------------------------------------------------------------------------------------------------------------------
 
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100)
-FAMILY_CONFIGS = {
-    "llama": dict(model_type="llama", num_key_value_heads=2, max_position_embeddings=128),
-    "mistral": dict(model_type="mistral", num_key_value_heads=2, sliding_window=8, max_position_embeddings=128),
-    "qwen2": dict(
-        model_type="qwen2",
-        num_key_value_heads=2,
-        use_sliding_window=True,
-        sliding_window=8,
-        max_window_layers=1,
-        max_position_embeddings=128,
-    ),  # fmt: skip
-    "gemma2": dict(  # a softcap small enough to matter at tiny-model scores (50 would be a no-op here)
-        model_type="gemma2",
-        num_key_value_heads=2,
-        head_dim=8,
-        sliding_window=8,
-        max_position_embeddings=128,
-        attn_logit_softcapping=0.5,
-        query_pre_attn_scalar=4,
-    ),  # fmt: skip
-    "bert": dict(model_type="bert", max_position_embeddings=128),
-    "modernbert": dict(
-        model_type="modernbert",
-        local_attention=8,
-        global_attn_every_n_layers=2,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        cls_token_id=1,
-        sep_token_id=2,
-    ),  # fmt: skip
-}
-DECODERS = ("llama", "mistral", "qwen2", "gemma2")
-# The stock implementation each family is compared with: SDPA, or eager where the family has no SDPA (softcap).
-REFERENCE_ATTENTION = {"gemma2": "eager"}
 
 
-def make_stock(family: str) -> torch.nn.Module:
-    settings = dict(FAMILY_CONFIGS[family])
-    model_type = settings.pop("model_type")
+def stock_model(model_type: str, **settings) -> torch.nn.Module:
     torch.manual_seed(0)
-    config = AutoConfig.for_model(model_type, **{**SMALL, **settings})
-    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "embedding_dropout",
-                 "mlp_dropout", "hidden_dropout"):  # fmt: skip
-        if hasattr(config, name):
-            setattr(config, name, 0.0)
-    return AutoModel.from_config(config, attn_implementation=REFERENCE_ATTENTION.get(family, "sdpa"))
+    config = AutoConfig.for_model(model_type, **{**SMALL, "max_position_embeddings": 128, **settings})
+    return AutoModel.from_config(config, attn_implementation="dynmask_varlen").eval()
 
 
-def pair(family: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-    stock = make_stock(family)
-    varlen = copy.deepcopy(stock)
-    varlen.set_attn_implementation("dynmask_varlen")
-    return stock, varlen
-
-
-def packed_inputs(ids: list[torch.Tensor], boundaries: str) -> dict:
-    cu = cu_seqlens_from_seq_lens([len(x) for x in ids])
-    batch = {"input_ids": torch.cat(ids)[None], "position_ids": position_ids_from_cu_seqlens(cu)[None]}
-    if boundaries == "cu_seq_lens":
-        longest = max(len(x) for x in ids)
-        batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
-    return batch
-
-
-def sequences() -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(1)
-    return [torch.randint(3, 100, (n,), generator=generator) for n in LENS]
-
-
-def run_alone(model, ids: list[torch.Tensor], **kwargs) -> torch.Tensor:
-    outs = [model(input_ids=x[None], position_ids=torch.arange(len(x))[None], **kwargs) for x in ids]
-    return torch.cat([out.last_hidden_state[0] for out in outs])
-
-
-def boundary_modes(family: str) -> list[str]:
-    return ["cu_seq_lens", "position_ids"] if family in DECODERS else ["cu_seq_lens"]
-
-
-CASES = [(f, b) for f in FAMILY_CONFIGS for b in boundary_modes(f)]
-
-
-@pytest.mark.parametrize("family, boundaries", CASES)
-def test_stock_family_packed_eval_matches_each_sequence_alone(family, boundaries):
-    stock, varlen = pair(family)
-    stock.eval(), varlen.eval()
-    ids = sequences()
-    extra = [{"use_cache": False}, {"use_cache": True}] if family in DECODERS else [{}]
-    with torch.no_grad():
-        expected = run_alone(stock, ids, **extra[0])
-        for kwargs in extra:
-            out = varlen(**packed_inputs(ids, boundaries), **kwargs).last_hidden_state[0]
-            torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
-
-
-@pytest.mark.parametrize("checkpointing", [False, True])
-@pytest.mark.parametrize("family, boundaries", CASES)
-def test_stock_family_packed_training_gradients(family, boundaries, checkpointing):
-    stock, varlen = pair(family)
-    stock.train(), varlen.train()
-    if checkpointing:
-        enable = getattr(varlen, "activation_checkpointing_enable", None) or varlen.gradient_checkpointing_enable
-        enable()
-    ids = sequences()
-    kwargs = {"use_cache": False} if family in DECODERS else {}
-    expected = run_alone(stock, ids, **kwargs)
-    out = varlen(**packed_inputs(ids, boundaries), **kwargs).last_hidden_state[0]
-    torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
-    weights = torch.randn_like(out)
-    (expected * weights).sum().backward()
-    (out * weights).sum().backward()
-    for (name, p_ref), (_, p) in zip(stock.named_parameters(), varlen.named_parameters(), strict=True):
-        if p_ref.grad is None:
-            assert p.grad is None or not p.grad.any(), name
-            continue
-        # Gradients sum over every token in another order: fp32 round-off scales with the gradient's size (Gemma's
-        # scaled embeddings give gradients near 1e3), so the tolerance is relative to it.
-        scale = max(1.0, p_ref.grad.abs().max().item())
-        torch.testing.assert_close(p.grad, p_ref.grad, atol=ATOL * scale, rtol=1e-4, msg=name)
-
-
-@pytest.mark.parametrize("family", FAMILY_CONFIGS)
-def test_stock_family_padded_batch_matches_sdpa(family):
-    """Padded batches (either side) go through the stock mask: same outputs as stock SDPA at real tokens."""
-    stock, varlen = pair(family)
-    stock.eval(), varlen.eval()
-    ids = sequences()
-    longest = max(len(x) for x in ids)
-    for side in ("right", "left"):
-        input_ids = torch.zeros(len(ids), longest, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for row, x in enumerate(ids):
-            span = slice(0, len(x)) if side == "right" else slice(longest - len(x), longest)
-            input_ids[row, span], mask[row, span] = x, 1
-        with torch.no_grad():
-            want = stock(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            got = varlen(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        real = mask.bool()
-        torch.testing.assert_close(got[real], want[real], atol=ATOL, rtol=0)
-
-
-@pytest.mark.parametrize("family", DECODERS)
-def test_stock_decoder_generation_with_cache_matches_sdpa(family):
-    """Greedy decoding over a cache (queries shorter than keys, windows over the cache): the same logits."""
-    from transformers import AutoModelForCausalLM
-
-    settings = dict(FAMILY_CONFIGS[family])
-    # Larger weights than the default init, so that attention differences reach the logits of a 2-layer model.
-    config = AutoConfig.for_model(settings.pop("model_type"), **{**SMALL, **settings, "initializer_range": 0.3})
-    torch.manual_seed(0)
-    stock = AutoModelForCausalLM.from_config(config, attn_implementation=REFERENCE_ATTENTION.get(family, "sdpa"))
-    stock.eval()
-    varlen = copy.deepcopy(stock)
-    varlen.set_attn_implementation("dynmask_varlen")
-    prompt = torch.randint(3, 100, (2, 12))
-    padded = torch.ones_like(prompt)
-    padded[1, :3] = 0  # left padding in the second row
-    for mask in (None, padded):  # no mask: windows over the cache go through the varlen kernel
-        kwargs = dict(max_new_tokens=14, do_sample=False, output_scores=True, return_dict_in_generate=True)
-        want = stock.generate(prompt, attention_mask=mask, **kwargs, pad_token_id=0)
-        got = varlen.generate(prompt, attention_mask=mask, **kwargs, pad_token_id=0)
-        assert torch.equal(got.sequences, want.sequences)
-        for a, b in zip(got.scores, want.scores, strict=True):
-            torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+def packed_row(lens: list[int], position_start: int = 0) -> dict:
+    cu = cu_seqlens_from_seq_lens(lens)
+    return {
+        "input_ids": torch.randint(3, 100, (1, sum(lens)), generator=torch.Generator().manual_seed(1)),
+        "position_ids": position_ids_from_cu_seqlens(cu, position_start)[None],
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": max(lens),
+        "max_length_k": max(lens),
+    }
 
 
 def test_no_dense_mask_for_a_packed_row(monkeypatch):
@@ -334,46 +184,82 @@ def test_no_dense_mask_for_a_packed_row(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(masking_utils, "sdpa_mask", spy)
-    _, varlen = pair("llama")
-    varlen.eval()
+    model = stock_model("llama", num_key_value_heads=2)
+    batch = packed_row(LENS)
     with torch.no_grad():
-        varlen(**packed_inputs(sequences(), "position_ids"), use_cache=False)
+        model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+        model(**batch, use_cache=False)
     assert calls == []
 
 
 def test_unverified_family_and_unknown_arguments_are_refused():
-    config = AutoConfig.for_model("gpt_neox", **SMALL)
+    config = AutoConfig.for_model(
+        "bart", d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=100,
+    )  # fmt: skip
     model = AutoModel.from_config(config, attn_implementation="dynmask_varlen")
-    with pytest.raises(ValueError, match="not verified on GPTNeoXAttention.*attn_implementation='sdpa'"):
+    with pytest.raises(ValueError, match="not verified on BartAttention.*attn_implementation='sdpa'"):
         model(input_ids=torch.randint(3, 100, (1, 5)))
-    _, varlen = pair("llama")
-    attention = varlen.layers[0].self_attn
+    attention = stock_model("llama", num_key_value_heads=2).layers[0].self_attn
     q = torch.randn(1, 4, 5, 8)
     k = v = torch.randn(1, 2, 5, 8)
-    from hf_dynmask.modeling.attention import varlen_attention_forward
-
     with pytest.raises(ValueError, match=r"does not know the attention argument\(s\) \['score_mod'\]"):
         varlen_attention_forward(attention, q, k, v, None, score_mod=lambda s: s)
     with pytest.raises(ValueError, match="attention sinks"):
         varlen_attention_forward(attention, q, k, v, None, s_aux=torch.zeros(4))
     cu = torch.tensor([0, 2, 5], dtype=torch.int32)
+    positions = torch.tensor([[0, 1, 0, 1, 2]])
     with pytest.raises(ValueError, match="relative position bias"):
-        varlen_attention_forward(attention, q, k, v, None, cu_seq_lens_q=cu, position_bias=torch.zeros(1, 4, 5, 5))
+        varlen_attention_forward(
+            attention, q, k, v, None, cu_seq_lens_q=cu, position_ids=positions, position_bias=torch.zeros(1, 4, 5, 5)
+        )
 
 
 def test_encoder_rows_with_restarting_positions_need_stated_boundaries():
-    _, varlen = pair("bert")
-    attention = varlen.encoder.layer[0].attention.self
-    from hf_dynmask.modeling.attention import varlen_attention_forward
-
+    attention = stock_model("bert").encoder.layer[0].attention.self
     q = k = v = torch.randn(1, 4, 5, 8)
     with pytest.raises(ValueError, match="boundaries are never guessed"):
         varlen_attention_forward(attention, q, k, v, None, position_ids=torch.tensor([[0, 1, 0, 1, 2]]))
 
 
-def test_family_of_and_verified_table():
-    _, varlen = pair("llama")
-    assert family_of(varlen.layers[0].self_attn) == "llama"
-    assert check_verified_family(varlen.layers[0].self_attn) == "llama"
-    assert set(FAMILY_CONFIGS) <= set(VERIFIED_FAMILIES), "every verified family needs its equivalence test here"
-    assert set(VERIFIED_FAMILIES) <= set(FAMILY_CONFIGS), "a family in the table without a test here"
+def test_position_derived_pack_over_other_keys_is_refused():
+    """Restarting positions over a cache (or cross-attention keys): the boundaries of the keys are unknown."""
+    attention = stock_model("llama", num_key_value_heads=2).layers[0].self_attn
+    q, k = torch.randn(1, 4, 5, 8), torch.randn(1, 2, 9, 8)
+    with pytest.raises(ValueError, match="packed row over a cache, or cross-attention"):
+        varlen_attention_forward(attention, q, k, k, None, position_ids=torch.tensor([[0, 1, 0, 1, 2]]))
+
+
+@pytest.mark.parametrize(
+    "model_type, settings, start, positions, message",
+    [
+        # RoBERTa numbers positions from padding_idx + 1: a packed row numbered from 0 is refused.
+        ("roberta", {"pad_token_id": 1}, 2, "from_zero", "must restart at 2 in every sequence"),
+        ("roberta", {"pad_token_id": 1}, 2, None, "without position_ids"),
+        ("bert", {}, 0, "over_row", "must restart at 0 in every sequence"),
+        ("bert", {}, 0, None, "without position_ids"),
+        ("llama", {"num_key_value_heads": 2}, 0, None, "must restart at 0"),  # llama numbers the row itself
+        ("gpt2", {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128}, 0, "shifted", "must restart at 0"),
+    ],
+)
+def test_packed_rows_need_positions_per_sequence(model_type, settings, start, positions, message):
+    """Positions numbered over the whole row, or from the wrong start, would change every sequence's outputs."""
+    model = stock_model(model_type, **settings)
+    batch = packed_row([3, 5, 2], position_start=start)
+    if positions is None:
+        del batch["position_ids"]
+    elif positions == "from_zero":
+        batch["position_ids"] = batch["position_ids"] - start
+    elif positions == "over_row":
+        batch["position_ids"] = torch.arange(10)[None]
+    elif positions == "shifted":
+        batch["position_ids"] = batch["position_ids"] + 1
+    with pytest.raises(ValueError, match=message), torch.no_grad():
+        model(**batch)
+
+
+def test_position_derived_pack_must_start_at_the_first_position():
+    """GPT-2 learns absolute positions: a row whose sequences restart at 1 is refused, not run shifted."""
+    model = stock_model("gpt2", n_embd=32, n_layer=2, n_head=4, n_positions=128)
+    with pytest.raises(ValueError, match="must restart at 0"), torch.no_grad():
+        model(input_ids=torch.randint(3, 100, (1, 5)), position_ids=torch.tensor([[1, 2, 3, 1, 2]]), use_cache=False)

@@ -542,7 +542,8 @@ def test_collator_mode_sees_through_wrappers(tok):
     wrapped = RemoveColumnsCollator(PaddingStatsCallback().wrap(collator), signature_columns=["input_ids"])
     assert unwrap_collator(wrapped) is collator
     assert collator_mode(wrapped) == "packed"
-    assert collator_mode(DataCollatorWithFlattening()) == "packed"
+    assert collator_mode(DataCollatorWithFlattening(return_flash_attn_kwargs=True)) == "packed"
+    assert collator_mode(DataCollatorWithFlattening()) == "flattened"  # boundaries only in position_ids
     assert collator_mode(lambda features: features) is None
 
 
