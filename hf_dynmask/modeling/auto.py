@@ -1,8 +1,9 @@
-"""Registration of the DynMask family with transformers' Auto classes and attention interfaces.
+"""Registration of the DynMask families with transformers' Auto classes and attention interfaces.
 
 Called on ``import hf_dynmask``; idempotent. After it, ``AutoConfig.for_model("dynmask")``,
 ``AutoModel.from_pretrained(path, config=DynMaskConfig.from_pretrained(path, masking="dynamic"))`` and every
-``AutoModelFor...`` below resolve to DynMask classes, and ``attn_implementation="dynmask_varlen"`` is a valid name.
+``AutoModelFor...`` below resolve to DynMask classes (``AutoModelForSeq2SeqLM`` with a ``DynMaskSeq2SeqConfig`` to
+the encoder-decoder family), and ``attn_implementation="dynmask_varlen"`` is a valid name.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForQuestionAnswering,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
 
 from .attention import register_attention
 from .configuration_dynmask import DynMaskConfig
+from .configuration_dynmask_seq2seq import DynMaskSeq2SeqConfig
 from .modeling_dynmask import (
     DynMaskForCausalLM,
     DynMaskForMaskedLM,
@@ -27,7 +30,9 @@ from .modeling_dynmask import (
     DynMaskForTokenClassification,
     DynMaskModel,
 )
+from .modeling_dynmask_seq2seq import DynMaskSeq2SeqForConditionalGeneration, DynMaskSeq2SeqModel
 
+#: The encoder family (BERT / RoBERTa): Auto class -> model class.
 AUTO_CLASSES = {
     AutoModel: DynMaskModel,
     AutoModelForMaskedLM: DynMaskForMaskedLM,
@@ -37,10 +42,20 @@ AUTO_CLASSES = {
     AutoModelForQuestionAnswering: DynMaskForQuestionAnswering,
 }
 
+#: The encoder-decoder family (BART / Marian): Auto class -> model class.
+SEQ2SEQ_AUTO_CLASSES = {
+    AutoModel: DynMaskSeq2SeqModel,
+    AutoModelForSeq2SeqLM: DynMaskSeq2SeqForConditionalGeneration,
+}
+
+#: Every family: its config class -> its Auto classes.
+FAMILIES = {DynMaskConfig: AUTO_CLASSES, DynMaskSeq2SeqConfig: SEQ2SEQ_AUTO_CLASSES}
+
 
 def register_auto_classes() -> None:
-    """Register the config and every model class with their Auto classes (safe to call twice)."""
+    """Register every family's config and model classes with their Auto classes (safe to call twice)."""
     register_attention()
-    AutoConfig.register(DynMaskConfig.model_type, DynMaskConfig, exist_ok=True)
-    for auto_class, model_class in AUTO_CLASSES.items():
-        auto_class.register(DynMaskConfig, model_class, exist_ok=True)
+    for config_class, auto_classes in FAMILIES.items():
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        for auto_class, model_class in auto_classes.items():
+            auto_class.register(config_class, model_class, exist_ok=True)

@@ -53,6 +53,9 @@ class DynMaskSeq2SeqConfig(PretrainedConfig):
     """
 
     model_type = "dynmask_seq2seq"
+    # A declared field, as in BartConfig / MarianConfig: transformers keeps it in the config (other generation
+    # parameters belong in generation_config.json), so a checkpoint without generation_config.json generates alike.
+    forced_eos_token_id: int | list[int] | None = 2
     attribute_map = {
         "num_attention_heads": "encoder_attention_heads",
         "hidden_size": "d_model",
@@ -84,6 +87,7 @@ class DynMaskSeq2SeqConfig(PretrainedConfig):
         bos_token_id: int | None = 0,
         eos_token_id: int | None = 2,
         decoder_start_token_id: int = 2,
+        forced_eos_token_id: int | list[int] | None = 2,
         is_encoder_decoder: bool = True,
         share_encoder_decoder_embeddings: bool = True,
         tie_word_embeddings: bool = True,
@@ -140,6 +144,7 @@ class DynMaskSeq2SeqConfig(PretrainedConfig):
         self.seq2seq_style = seq2seq_style
         self.masking = masking
         self.varlen_bucket_ratio = varlen_bucket_ratio
+        self.forced_eos_token_id = forced_eos_token_id
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,

@@ -254,12 +254,16 @@ class DynMaskSeq2SeqLearnedPositions(nn.Embedding):
         return super().forward(position_ids + self.offset)
 
 
-class DynMaskSeq2SeqSinusoidalPositions(nn.Embedding):
-    """Marian's fixed sinusoidal positions (sines in the first half of the vector, cosines in the second), rebuilt
-    at initialization and never trained or saved."""
+class DynMaskSeq2SeqSinusoidalPositions(nn.Module):
+    """Marian's fixed sinusoidal positions (sines in the first half of the vector, cosines in the second).
+
+    The table is a buffer named ``weight`` (Marian's key), rebuilt at initialization and never saved; unlike a frozen
+    parameter, which a load can make trainable again, a buffer is never handed to an optimizer.
+    """
 
     def __init__(self, num_positions: int, embedding_dim: int):
-        super().__init__(num_positions, embedding_dim, _freeze=True)
+        super().__init__()
+        self.register_buffer("weight", torch.empty(num_positions, embedding_dim))
 
     def create_weight(self) -> torch.Tensor:
         """The table Marian computes (in float64, then cast), here with torch instead of NumPy."""
@@ -272,8 +276,11 @@ class DynMaskSeq2SeqSinusoidalPositions(nn.Embedding):
         table[:, sentinel:] = torch.cos(angles[:, 1::2]).to(table.dtype)
         return table
 
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(position_ids, self.weight)
 
-def _position_embedding(config: DynMaskSeq2SeqConfig) -> nn.Embedding:
+
+def _position_embedding(config: DynMaskSeq2SeqConfig) -> nn.Module:
     if config.seq2seq_style == "marian":
         return DynMaskSeq2SeqSinusoidalPositions(config.max_position_embeddings, config.d_model)
     return DynMaskSeq2SeqLearnedPositions(config.max_position_embeddings, config.d_model)
@@ -628,10 +635,11 @@ class DynMaskSeq2SeqModel(DynMaskSeq2SeqPreTrainedModel):
     """The encoder-decoder, without the LM head. Accepts padded batches (``attention_mask`` ``(B, T)``,
     ``decoder_attention_mask`` ``(B, Tt)``) and packed ones (``cu_seq_lens_q`` and ``decoder_cu_seq_lens``)."""
 
-    # A base model loaded from an LM checkpoint leaves the head's bias out, as a base model should.
+    # A base model loaded from an LM checkpoint leaves the head out (its bias, and its weights when untied).
     _keys_to_ignore_on_load_unexpected = [
         *DynMaskSeq2SeqPreTrainedModel._keys_to_ignore_on_load_unexpected,
         r"^final_logits_bias$",
+        r"^lm_head\.weight$",
     ]
 
     def __init__(self, config: DynMaskSeq2SeqConfig):

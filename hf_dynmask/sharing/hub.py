@@ -11,6 +11,10 @@ A folder written by :func:`save_with_code` holds what ``save_pretrained`` writes
   ``AutoModelForTokenClassification``, ``AutoModelForQuestionAnswering``), where ``register_for_auto_class`` +
   ``save_pretrained`` would write only the saved class's own entry.
 
+The encoder-decoder family ships ``modeling_dynmask_seq2seq.py`` and its siblings (``batching.py``,
+``configuration_dynmask_seq2seq.py`` among them) with ``AutoConfig``, ``AutoModel`` and ``AutoModelForSeq2SeqLM``
+(the families and their Auto classes are listed once, in ``hf_dynmask.modeling.auto.FAMILIES``).
+
 Anyone with torch and transformers can then load any head from the folder or its Hub repository::
 
     model = AutoModelForSequenceClassification.from_pretrained("user/repo", trust_remote_code=True)
@@ -44,7 +48,7 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from transformers import PreTrainedModel
 from transformers.dynamic_module_utils import custom_object_save
 
-from ..modeling.auto import AUTO_CLASSES
+from ..modeling.auto import FAMILIES
 from ..modeling.configuration_dynmask import DynMaskConfig
 
 if TYPE_CHECKING:
@@ -59,14 +63,14 @@ def _reference(cls: type) -> str:
     return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
 
 
-def auto_map() -> dict[str, str]:
-    """The ``auto_map`` of a saved DynMask model: every Auto class of the family, config included.
+def auto_map(config_class: type = DynMaskConfig) -> dict[str, str]:
+    """The ``auto_map`` of a saved model of the family of ``config_class``: every Auto class of it, config included.
 
     >>> auto_map()["AutoConfig"], auto_map()["AutoModelForMaskedLM"]
     ('configuration_dynmask.DynMaskConfig', 'modeling_dynmask.DynMaskForMaskedLM')
     """
-    entries = {"AutoConfig": _reference(DynMaskConfig)}
-    for auto_class, model_class in AUTO_CLASSES.items():
+    entries = {"AutoConfig": _reference(config_class)}
+    for auto_class, model_class in FAMILIES[config_class].items():
         entries[auto_class.__name__] = _reference(model_class)
     return entries
 
@@ -79,14 +83,18 @@ class SavedModel(NamedTuple):
     auto_map: dict[str, str]
 
 
-def _check_family(model: PreTrainedModel) -> None:
-    family = {model_class.__name__ for model_class in AUTO_CLASSES.values()}
-    if getattr(model.config, "model_type", None) != DynMaskConfig.model_type or type(model).__name__ not in family:
-        raise ValueError(
-            f"save_with_code / push_to_hub_with_code ship the DynMask family's code ({sorted(family)}), got "
-            f"{type(model).__name__} (model_type={getattr(model.config, 'model_type', None)!r}); save other models "
-            "with save_pretrained"
-        )
+def _family(model: PreTrainedModel) -> type:
+    """The config class of ``model``'s DynMask family; ``ValueError`` for any other model."""
+    for config_class, auto_classes in FAMILIES.items():
+        members = {model_class.__name__ for model_class in auto_classes.values()}
+        if getattr(model.config, "model_type", None) == config_class.model_type and type(model).__name__ in members:
+            return config_class
+    families = sorted(model_class.__name__ for classes in FAMILIES.values() for model_class in classes.values())
+    raise ValueError(
+        f"save_with_code / push_to_hub_with_code ship the DynMask families' code ({families}), got "
+        f"{type(model).__name__} (model_type={getattr(model.config, 'model_type', None)!r}); save other models "
+        "with save_pretrained"
+    )
 
 
 @contextmanager
@@ -99,7 +107,7 @@ def _full_auto_map(model: PreTrainedModel) -> Iterator[dict[str, str]]:
     config = model.config
     had_auto_map = "auto_map" in config.__dict__
     previous = config.__dict__.get("auto_map")
-    entries = {**(previous or {}), **auto_map()}
+    entries = {**(previous or {}), **auto_map(_family(model))}
     config.auto_map = entries
     try:
         yield entries
@@ -165,7 +173,7 @@ def save_with_code(
         save_kwargs: passed to ``save_pretrained`` (``max_shard_size``, ``is_main_process``, ``state_dict``...);
             not ``push_to_hub`` (use :func:`push_to_hub_with_code`, which uploads the code too).
     """
-    _check_family(model)
+    _family(model)
     if save_kwargs.get("push_to_hub"):
         raise ValueError(
             "save_with_code(push_to_hub=True) would upload before the code is copied; use push_to_hub_with_code"
@@ -209,7 +217,7 @@ def push_to_hub_with_code(
     existing ``README.md`` too, unless ``model_card`` is given). ``revision`` is a branch, created if missing.
     Returns the ``CommitInfo`` of the commit.
     """
-    _check_family(model)
+    _family(model)
     api = HfApi(library_name="hf_dynmask", library_version=_library_version())
     repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
     if revision is not None and not create_pr and not revision.startswith("refs/pr"):

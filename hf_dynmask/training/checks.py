@@ -13,6 +13,7 @@ import torch
 
 from ..data.collators import BaseCollator
 from ..modeling.modeling_dynmask import DynMaskPreTrainedModel
+from ..modeling.modeling_dynmask_seq2seq import DynMaskSeq2SeqPreTrainedModel
 
 __all__ = [
     "PACKED_ATTENTION_IMPLEMENTATIONS",
@@ -50,7 +51,7 @@ def check_packed_support(model: Any) -> None:
     0, so it can never take a packed batch, whatever its attention.
     """
     inner = _unwrap_model(model)
-    if isinstance(inner, DynMaskPreTrainedModel):
+    if isinstance(inner, (DynMaskPreTrainedModel, DynMaskSeq2SeqPreTrainedModel)):
         return
     name = type(inner).__name__
     config = getattr(inner, "config", None)
