@@ -50,6 +50,7 @@ from .attention import (
     register_attention,
     varlen_attention,
 )
+from .batching import check_max_position, check_packed_row, eager_attention, reject_unmarked_packing
 from .configuration_dynmask import DynMaskConfig
 from .layout import (
     UnpadIndex,
@@ -192,18 +193,9 @@ class DynMaskSelfAttention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if name == "flex_attention":
             return flex_attention(q, k, v, batch.attention_mask, scaling=self.scaling).reshape(*hidden_states.shape)
-        attention = _eager_attention if name == "eager" else ALL_ATTENTION_FUNCTIONS[name]
+        attention = eager_attention if name == "eager" else ALL_ATTENTION_FUNCTIONS[name]
         out, _ = attention(self, q, k, v, batch.attention_mask, dropout=dropout, scaling=self.scaling)
         return out.reshape(*hidden_states.shape)
-
-
-def _eager_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """The reference: explicit softmax over an additive ``(B, 1, T, T)`` mask (0 / finfo.min)."""
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        scores = scores + attention_mask
-    probs = nn.functional.dropout(torch.softmax(scores, dim=-1), p=dropout, training=module.training)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
 
 
 class DynMaskSelfOutput(nn.Module):
@@ -422,7 +414,7 @@ class DynMaskModel(DynMaskPreTrainedModel):
                 cu_seqlens,
                 output_hidden_states,
             )
-        _reject_unmarked_packing(position_ids, attention_mask)
+        reject_unmarked_packing(position_ids, attention_mask)
         if attention_mask is None:
             attention_mask = torch.ones_like(reference, dtype=torch.long)
         if attention_mask.shape != reference.shape:
@@ -481,27 +473,7 @@ class DynMaskModel(DynMaskPreTrainedModel):
         self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, cu_seqlens, output_hidden
     ):
         reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
-        if reference.shape[0] != 1:
-            raise ValueError(
-                f"a packed batch is one row of concatenated sequences (input_ids of shape (1, total_tokens)), got "
-                f"shape {tuple(reference.shape)}; use hf_dynmask's packed collator"
-            )
-        if attention_mask is not None and not bool(attention_mask.bool().all()):
-            raise ValueError(
-                "packed batch (cu_seq_lens_q) with a padding attention_mask: a packed row has no padding. Drop "
-                "attention_mask, or use the dynamic-padding collator instead of the packed one"
-            )
-        num_tokens = reference.shape[1]
-        bounds = cu_seqlens.tolist() if cu_seqlens.dim() == 1 else None  # the one host sync of these checks
-        if not bounds or bounds[0] != 0 or bounds[-1] != num_tokens:
-            raise ValueError(
-                f"cu_seq_lens_q must be 1-D, start at 0 and end at the row's {num_tokens} tokens, got "
-                f"{cu_seqlens.tolist()[:8]}..."
-            )
-        lens = [end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
-        if min(lens) < 1:
-            raise ValueError("cu_seq_lens_q must be strictly increasing: every packed sequence needs >= 1 token")
-        cu_seqlens = cu_seqlens.to(torch.int32)
+        cu_seqlens, max_seqlen = check_packed_row(reference, attention_mask, cu_seqlens)
         squeeze = lambda t: None if t is None else t[0]  # noqa: E731
         hidden, first_token_state, all_hidden = self._run_packed(
             squeeze(input_ids),
@@ -509,7 +481,7 @@ class DynMaskModel(DynMaskPreTrainedModel):
             squeeze(token_type_ids),
             squeeze(position_ids),
             cu_seqlens,
-            max(lens),
+            max_seqlen,
             output_hidden,
         )
         unsqueeze = lambda t: t.unsqueeze(0)  # noqa: E731
@@ -549,12 +521,7 @@ class DynMaskModel(DynMaskPreTrainedModel):
         )
 
     def _check_positions(self, position_ids: torch.Tensor) -> None:
-        if position_ids.numel() and int(position_ids.max()) >= self.config.max_position_embeddings:
-            raise ValueError(
-                f"a sequence is longer than the model can number: position {int(position_ids.max())} >= "
-                f"max_position_embeddings={self.config.max_position_embeddings} (at most {self.config.max_seqlen} "
-                "tokens per sequence); truncate at tokenization (truncation=True, max_length=...)"
-            )
+        check_max_position(position_ids, self.config.max_position_embeddings, self.config.max_seqlen)
 
     def _padded_mask(self, real: torch.Tensor, dtype: torch.dtype):
         """The ``(B, T)`` padding mask in the form the backend takes (see :class:`EncoderBatch`)."""
@@ -586,24 +553,6 @@ class DynMaskModel(DynMaskPreTrainedModel):
             return EncoderBatch(True, cu_seqlens, max_seqlen)
         ratio = 0.0 if name == "eager" else self.config.varlen_bucket_ratio
         return EncoderBatch(True, cu_seqlens, max_seqlen, plan=plan_varlen(cu_seqlens, bucket_ratio=ratio))
-
-
-def _reject_unmarked_packing(position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:
-    """Refuse a flattened batch whose boundaries are only implied by restarting ``position_ids``.
-
-    transformers' encoder mask ignores ``position_ids``, so such a row would silently attend across sequences.
-    hf_dynmask never guesses boundaries; it asks for them.
-    """
-    if position_ids is None or position_ids.shape[-1] < 2:
-        return
-    if bool((position_ids[..., 1:] < position_ids[..., :-1]).any()):
-        if attention_mask is None or bool(attention_mask.bool().all()):
-            raise ValueError(
-                "position_ids restart inside a row but no sequence boundaries were given: this looks like a packed "
-                "batch. Pass cu_seq_lens_q (or seq_idx), e.g. with hf_dynmask.make_collator(..., mode='packed') or "
-                "DataCollatorWithFlattening(return_flash_attn_kwargs=True); otherwise sequences would attend to "
-                "each other"
-            )
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -3,9 +3,9 @@
 A folder written by :func:`save_with_code` holds what ``save_pretrained`` writes (weights, ``config.json``) plus:
 
 - the model-side modules: ``modeling_dynmask.py`` and every sibling it imports relatively, recursively
-  (``configuration_dynmask.py``, ``attention.py``, ``families.py``, ``masks.py``, ``layout.py``), copied by
-  transformers' own :func:`~transformers.dynamic_module_utils.custom_object_save`, so the copy follows the rules
-  transformers uses to load them back;
+  (``configuration_dynmask.py``, ``attention.py``, ``batching.py``, ``families.py``, ``masks.py``, ``layout.py``),
+  copied by transformers' own :func:`~transformers.dynamic_module_utils.custom_object_save`, so the copy follows the
+  rules transformers uses to load them back;
 - an ``auto_map`` in ``config.json`` naming every Auto class the family supports (``AutoConfig``, ``AutoModel``,
   ``AutoModelForMaskedLM``, ``AutoModelForCausalLM``, ``AutoModelForSequenceClassification``,
   ``AutoModelForTokenClassification``, ``AutoModelForQuestionAnswering``), where ``register_for_auto_class`` +

@@ -44,6 +44,7 @@ from hf_dynmask.sharing.model_card import TrainingSummary, make_model_card
 
 CODE_FILES = (
     "attention.py",
+    "batching.py",
     "configuration_dynmask.py",
     "families.py",
     "layout.py",
