@@ -106,7 +106,10 @@ def pair_tokens(kind: str, pairs=PAIRS, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     target_vocab = 50 if kind == "marian_unshared" else 58
     return [
-        (torch.randint(3, 58, (ns,), generator=g).tolist(), torch.randint(3, target_vocab, (nt,), generator=g).tolist())
+        (
+            torch.randint(3, 58, (ns,), generator=g).tolist(),
+            torch.randint(3, target_vocab, (nt,), generator=g).tolist(),
+        )
         for ns, nt in pairs
     ]
 
