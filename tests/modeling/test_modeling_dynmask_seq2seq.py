@@ -502,3 +502,34 @@ def test_packed_batches_agree_with_a_packed_layout_built_by_hand(tiny):
     }
     with torch.no_grad():
         torch.testing.assert_close(tiny(**minimal).logits, tiny(**batch).logits, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("layout", ["dynamic", "packed"])
+def test_gradient_checkpointing_gives_the_same_gradients(checkpoints, layout):
+    pairs = pair_tokens("bart", seed=9)
+    grads = []
+    for checkpointing in (False, True):
+        model = dynmask_from(checkpoints, "bart", "dynamic", "sdpa").train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(**collate(model, pairs, layout)).loss.backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_hidden_states_and_tuples(checkpoints, layout):
+    model = dynmask_from(checkpoints, "marian", "static" if layout == "static" else "dynamic")
+    batch = collate(model, pair_tokens("marian"), layout)
+    with torch.no_grad():
+        output = model(**batch, output_hidden_states=True)
+        as_tuple = model(**batch, return_dict=False)
+    source_shape, target_shape = tuple(batch["input_ids"].shape), tuple(batch["labels"].shape)
+    assert len(output.encoder_hidden_states) == 1 + model.config.encoder_layers
+    assert len(output.decoder_hidden_states) == 1 + model.config.decoder_layers
+    assert all(tuple(h.shape) == (*source_shape, 30) for h in output.encoder_hidden_states)
+    assert all(tuple(h.shape) == (*target_shape, 30) for h in output.decoder_hidden_states)
+    torch.testing.assert_close(output.encoder_hidden_states[-1], output.encoder_last_hidden_state, atol=0, rtol=0)
+    assert torch.equal(as_tuple[0], output.loss) and torch.equal(as_tuple[1], output.logits)
