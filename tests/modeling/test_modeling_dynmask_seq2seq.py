@@ -533,3 +533,18 @@ def test_hidden_states_and_tuples(checkpoints, layout):
     assert all(tuple(h.shape) == (*target_shape, 30) for h in output.decoder_hidden_states)
     torch.testing.assert_close(output.encoder_hidden_states[-1], output.encoder_last_hidden_state, atol=0, rtol=0)
     assert torch.equal(as_tuple[0], output.loss) and torch.equal(as_tuple[1], output.logits)
+
+
+@pytest.mark.parametrize("layout", ["static", "dynamic"])
+@pytest.mark.parametrize("kind", ["bart", "marian"])
+def test_stock_models_take_the_padded_seq2seq_batches(checkpoints, kind, layout):
+    """Stock BART / Marian read the static and dynamic batches (right padding) as each pair alone."""
+    stock = checkpoints.models[kind]
+    pairs = pair_tokens(kind, seed=10)
+    batch = collate(stock, pairs, layout)
+    with torch.no_grad():
+        expected_logits, expected_loss = reference(stock, pairs)
+        output = stock(**batch)
+    for got, expected in zip(per_pair(output.logits, batch), expected_logits, strict=True):
+        torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(output.loss, expected_loss, atol=ATOL, rtol=0)
