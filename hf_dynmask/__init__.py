@@ -1,7 +1,7 @@
 """hf_dynmask: dynamic padding, sequence packing and static/dynamic MLM masking for Hugging Face Transformers.
 
-Importing it registers the DynMask model family with transformers' Auto classes and the ``"dynmask_varlen"``
-attention implementation.
+Importing it registers the DynMask model families (BERT / RoBERTa encoders, BART / Marian encoder-decoders) with
+transformers' Auto classes and the ``"dynmask_varlen"`` attention implementation.
 
 The package is layered; a layer imports only the layers above it in this list:
 
@@ -19,6 +19,7 @@ from .data.prepare import TokenBudgetStream, prepare_dataset
 from .modeling.attention import ATTN_IMPLEMENTATION, plan_varlen, varlen_attention
 from .modeling.auto import register_auto_classes
 from .modeling.configuration_dynmask import DynMaskConfig
+from .modeling.configuration_dynmask_seq2seq import DynMaskSeq2SeqConfig
 from .modeling.layout import (
     PackedLayout,
     UnpadIndex,
@@ -41,6 +42,11 @@ from .modeling.modeling_dynmask import (
     DynMaskForTokenClassification,
     DynMaskModel,
     DynMaskPreTrainedModel,
+)
+from .modeling.modeling_dynmask_seq2seq import (
+    DynMaskSeq2SeqForConditionalGeneration,
+    DynMaskSeq2SeqModel,
+    DynMaskSeq2SeqPreTrainedModel,
 )
 
 __version__ = "0.1.0"
@@ -82,6 +88,10 @@ __all__ = [
     "DynMaskForTokenClassification",
     "DynMaskModel",
     "DynMaskPreTrainedModel",
+    "DynMaskSeq2SeqConfig",
+    "DynMaskSeq2SeqForConditionalGeneration",
+    "DynMaskSeq2SeqModel",
+    "DynMaskSeq2SeqPreTrainedModel",
     "PackedLayout",
     "PackingResult",
     "TokenBudgetBatchSampler",

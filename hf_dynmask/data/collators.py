@@ -843,6 +843,10 @@ class Seq2SeqCollator(BaseCollator):
             [``token_type_ids`` (1, N)]; decoder side ``labels`` (1, Nt), ``decoder_input_ids`` (1, Nt),
             ``decoder_position_ids`` (1, Nt), ``decoder_seq_idx`` (1, Nt) int32, ``decoder_cu_seq_lens`` (S + 1,)
             int32, ``decoder_max_length`` int.
+
+    Stock encoder-decoders (BART, Marian, T5) take the static and dynamic batches. Packed batches need a model that
+    keeps the pairs apart on both sides and across: DynMask's encoder-decoder family
+    (``DynMaskSeq2SeqForConditionalGeneration``), which reads every key above.
     """
 
     max_target_length: int | None = field(

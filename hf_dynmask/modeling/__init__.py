@@ -8,15 +8,20 @@ the files a model needs can be saved next to it as remote code and load where hf
     masks.py                    masks as predicates, converted to each backend's format
     attention.py                exact varlen attention on any device, registered as "dynmask_varlen"
     families.py                 the stock transformers families dynmask_varlen is verified exact on
+    batching.py                 what the families share around attention (packed-row and position checks)
     configuration_dynmask.py    DynMaskConfig (reads BERT / RoBERTa configs)
     modeling_dynmask.py         DynMaskModel and its heads
     input_checks.py             what the models are given: types and shapes, values in one host read per forward
+    configuration_dynmask_seq2seq.py  DynMaskSeq2SeqConfig (reads BART / Marian configs)
+    modeling_dynmask_seq2seq.py       DynMaskSeq2SeqModel, DynMaskSeq2SeqForConditionalGeneration
+    saving.py                   the auto_map each family writes when saved with its code
     auto.py                     registration with transformers' Auto classes
 """
 
 from .attention import ATTN_IMPLEMENTATION, plan_varlen, varlen_attention
-from .auto import AUTO_CLASSES, register_auto_classes
+from .auto import AUTO_CLASSES, DYNMASK_FAMILIES, SEQ2SEQ_AUTO_CLASSES, register_auto_classes
 from .configuration_dynmask import DynMaskConfig
+from .configuration_dynmask_seq2seq import DynMaskSeq2SeqConfig
 from .modeling_dynmask import (
     DynMaskForCausalLM,
     DynMaskForMaskedLM,
@@ -28,10 +33,16 @@ from .modeling_dynmask import (
     DynMaskPreTrainedModel,
     DynMaskTokenClassifierOutput,
 )
+from .modeling_dynmask_seq2seq import (
+    DynMaskSeq2SeqForConditionalGeneration,
+    DynMaskSeq2SeqModel,
+    DynMaskSeq2SeqPreTrainedModel,
+)
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
     "AUTO_CLASSES",
+    "DYNMASK_FAMILIES",
     "DynMaskConfig",
     "DynMaskForCausalLM",
     "DynMaskForMaskedLM",
@@ -41,7 +52,12 @@ __all__ = [
     "DynMaskModel",
     "DynMaskModelOutput",
     "DynMaskPreTrainedModel",
+    "DynMaskSeq2SeqConfig",
+    "DynMaskSeq2SeqForConditionalGeneration",
+    "DynMaskSeq2SeqModel",
+    "DynMaskSeq2SeqPreTrainedModel",
     "DynMaskTokenClassifierOutput",
+    "SEQ2SEQ_AUTO_CLASSES",
     "plan_varlen",
     "register_auto_classes",
     "varlen_attention",

@@ -90,17 +90,19 @@ VERIFIED_FAMILIES: dict[str, Family] = {
 
 def family_of(obj: Any) -> str | None:
     """The transformers model folder a module (an attention layer or a whole model) comes from, ``"dynmask"`` for
-    DynMask's own modules (also when loaded as remote code), None for anything else.
+    DynMask's own modules (both families, also when loaded as remote code), None for anything else. A class FSDP
+    derived from the module's own (``fully_shard``) counts as that class.
 
     >>> import torch
     >>> family_of(torch.nn.Linear(1, 1)) is None
     True
     """
-    module_name = type(obj).__module__
-    parts = module_name.split(".")
+    # FSDP2's fully_shard swaps a module's class for a subclass it defines (FSDPLlamaAttention): read the class below.
+    cls = next(c for c in type(obj).__mro__ if not c.__module__.startswith("torch.distributed."))
+    parts = cls.__module__.split(".")
     if len(parts) >= 3 and parts[0] == "transformers" and parts[1] == "models":
         return parts[2]
-    if parts[-1] == "modeling_dynmask":
+    if parts[-1] in ("modeling_dynmask", "modeling_dynmask_seq2seq"):
         return DYNMASK_FAMILY
     return None
 

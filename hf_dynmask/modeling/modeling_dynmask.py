@@ -50,6 +50,7 @@ from .attention import (
     register_attention,
     varlen_attention,
 )
+from .batching import eager_attention
 from .configuration_dynmask import DynMaskConfig, did_you_mean
 from .input_checks import (
     check_answer_positions,
@@ -70,6 +71,7 @@ from .layout import (
     unpad_index,
 )
 from .masks import document, padding_to_bool_4d, to_additive, to_block_mask
+from .saving import auto_map_of, register_for_auto_classes
 
 logger = logging.get_logger(__name__)
 
@@ -270,18 +272,9 @@ class DynMaskSelfAttention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if name == "flex_attention":
             return flex_attention(q, k, v, batch.attention_mask, scaling=self.scaling).reshape(*hidden_states.shape)
-        attention = _eager_attention if name == "eager" else ALL_ATTENTION_FUNCTIONS[name]
+        attention = eager_attention if name == "eager" else ALL_ATTENTION_FUNCTIONS[name]
         out, _ = attention(self, q, k, v, batch.attention_mask, dropout=dropout, scaling=self.scaling)
         return out.reshape(*hidden_states.shape)
-
-
-def _eager_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """The reference: explicit softmax over an additive ``(B, 1, T, T)`` mask (0 / finfo.min)."""
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        scores = scores + attention_mask
-    probs = nn.functional.dropout(torch.softmax(scores, dim=-1), p=dropout, training=module.training)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
 
 
 class DynMaskSelfOutput(nn.Module):
@@ -1080,19 +1073,16 @@ AUTO_CLASS_NAMES: dict[type[DynMaskPreTrainedModel], str] = {
     DynMaskForTokenClassification: "AutoModelForTokenClassification",
     DynMaskForQuestionAnswering: "AutoModelForQuestionAnswering",
 }
-for _model_class, _auto_class in AUTO_CLASS_NAMES.items():
-    _model_class.register_for_auto_class(_auto_class)
+register_for_auto_classes(AUTO_CLASS_NAMES)
 
 
 def auto_map() -> dict[str, str]:
-    """The ``auto_map`` a saved DynMask model writes in ``config.json``: the config and every head, each as
-    ``"module_file.ClassName"`` (the form transformers uses for code stored next to the model).
+    """The ``auto_map`` a saved DynMask encoder writes in ``config.json``: the config and every head.
 
     >>> auto_map()["AutoConfig"], auto_map()["AutoModelForMaskedLM"]
     ('configuration_dynmask.DynMaskConfig', 'modeling_dynmask.DynMaskForMaskedLM')
     """
-    classes = {"AutoConfig": DynMaskConfig, **{auto: cls for cls, auto in AUTO_CLASS_NAMES.items()}}
-    return {auto: f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}" for auto, cls in classes.items()}
+    return auto_map_of(DynMaskConfig, AUTO_CLASS_NAMES)
 
 
 __all__ = [

@@ -5,13 +5,18 @@ Every DynMask model's own ``save_pretrained`` already writes a folder that loads
 ``config.json`` it holds
 
 - the model-side modules, ``modeling_dynmask.py`` and every sibling it imports relatively, recursively
-  (``configuration_dynmask.py``, ``input_checks.py``, ``attention.py``, ``families.py``, ``masks.py``,
-  ``layout.py``), copied by transformers' own :func:`~transformers.dynamic_module_utils.custom_object_save` because
-  every DynMask class is registered for its Auto class (``register_for_auto_class``);
+  (``configuration_dynmask.py``, ``input_checks.py``, ``batching.py``, ``attention.py``, ``families.py``,
+  ``masks.py``, ``layout.py``, ``saving.py``), copied by transformers' own
+  :func:`~transformers.dynamic_module_utils.custom_object_save` because every DynMask class is registered for its
+  Auto class (``register_for_auto_class``);
 - an ``auto_map`` in ``config.json`` naming every Auto class the family supports (``AutoConfig``, ``AutoModel``,
   ``AutoModelForMaskedLM``, ``AutoModelForCausalLM``, ``AutoModelForSequenceClassification``,
   ``AutoModelForTokenClassification``, ``AutoModelForQuestionAnswering``), where ``register_for_auto_class`` alone
   would write only the saved class's entry.
+
+The encoder-decoder family (BART / Marian) does the same with ``modeling_dynmask_seq2seq.py`` and its siblings
+(``configuration_dynmask_seq2seq.py`` among them), ``AutoConfig``, ``AutoModel`` and ``AutoModelForSeq2SeqLM``. The
+families and their Auto classes are listed once, in :data:`hf_dynmask.modeling.auto.DYNMASK_FAMILIES`.
 
 So ``model.save_pretrained``, ``model.push_to_hub``, ``Trainer.save_model``, Trainer checkpoints and
 ``trainer.push_to_hub()`` all produce folders that anyone with torch and transformers can load, any head::
@@ -43,8 +48,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from huggingface_hub import CommitOperationAdd, HfApi
 from transformers import PreTrainedModel
 
+from ..modeling.auto import DYNMASK_FAMILIES
 from ..modeling.configuration_dynmask import DynMaskConfig
-from ..modeling.modeling_dynmask import AUTO_CLASS_NAMES, auto_map
+from ..modeling.saving import auto_map_of
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo, ModelCard
@@ -61,14 +67,28 @@ class SavedModel(NamedTuple):
     auto_map: dict[str, str]
 
 
+def auto_map(config_class: type = DynMaskConfig) -> dict[str, str]:
+    """The ``auto_map`` a saved model of ``config_class``'s family writes: its config and every Auto class of it.
+
+    >>> auto_map()["AutoConfig"], auto_map()["AutoModelForMaskedLM"]
+    ('configuration_dynmask.DynMaskConfig', 'modeling_dynmask.DynMaskForMaskedLM')
+    """
+    names = {model_class: auto_class.__name__ for auto_class, model_class in DYNMASK_FAMILIES[config_class].items()}
+    return auto_map_of(config_class, names)
+
+
 def _check_family(model: PreTrainedModel) -> None:
-    family = {model_class.__name__ for model_class in AUTO_CLASS_NAMES}
-    if getattr(model.config, "model_type", None) != DynMaskConfig.model_type or type(model).__name__ not in family:
-        raise ValueError(
-            f"save_with_code / push_to_hub_with_code ship the DynMask family's code ({sorted(family)}), got "
-            f"{type(model).__name__} (model_type={getattr(model.config, 'model_type', None)!r}); save other models "
-            "with save_pretrained"
-        )
+    """``ValueError`` unless ``model`` is a class of one of the DynMask families."""
+    for config_class, auto_classes in DYNMASK_FAMILIES.items():
+        members = {model_class.__name__ for model_class in auto_classes.values()}
+        if getattr(model.config, "model_type", None) == config_class.model_type and type(model).__name__ in members:
+            return
+    families = sorted(cls.__name__ for classes in DYNMASK_FAMILIES.values() for cls in classes.values())
+    raise ValueError(
+        f"save_with_code / push_to_hub_with_code ship the DynMask families' code ({families}), got "
+        f"{type(model).__name__} (model_type={getattr(model.config, 'model_type', None)!r}); save other models "
+        "with save_pretrained"
+    )
 
 
 def check_shipped_code(directory: str | Path, files: Iterable[str] | None = None) -> tuple[str, ...]:

@@ -34,6 +34,7 @@ from ..modeling.families import (
     stock_family_of,
 )
 from ..modeling.modeling_dynmask import DynMaskPreTrainedModel
+from ..modeling.modeling_dynmask_seq2seq import DynMaskSeq2SeqPreTrainedModel
 
 __all__ = [
     "PACKED_ATTENTION_IMPLEMENTATIONS",
@@ -107,7 +108,10 @@ def check_packed_support(model: Any, boundaries: Boundaries = "cu_seq_lens") -> 
     """
     inner = _unwrap_model(model)
     name = type(inner).__name__
-    if isinstance(inner, DynMaskPreTrainedModel) or family_of(inner) == DYNMASK_FAMILY:  # installed or remote code
+    if (
+        isinstance(inner, (DynMaskPreTrainedModel, DynMaskSeq2SeqPreTrainedModel))
+        or family_of(inner) == DYNMASK_FAMILY
+    ):  # installed or remote code
         if boundaries == "position_ids":
             raise ValueError(
                 f"{name} reads packed boundaries from cu_seq_lens_q / seq_idx and refuses rows marked only by "

@@ -52,12 +52,14 @@ from hf_dynmask.training import DynMaskTrainer, DynMaskTrainingArguments
 
 CODE_FILES = (
     "attention.py",
+    "batching.py",
     "configuration_dynmask.py",
     "families.py",
     "input_checks.py",
     "layout.py",
     "masks.py",
     "modeling_dynmask.py",
+    "saving.py",
 )
 EXPECTED_AUTO_MAP = {
     "AutoConfig": "configuration_dynmask.DynMaskConfig",
