@@ -424,3 +424,16 @@ def test_family_of_attention_modules():
     assert check_verified_family(varlen.layers[0].self_attn) == "llama"
     _, varlen = make_pair("xlm_roberta", "base")
     assert family_of(varlen.encoder.layer[0].attention.self) == "xlm_roberta"
+
+
+def test_family_of_reads_through_fsdp2_wrapper_classes():
+    """FSDP2's fully_shard gives a module a class it derives in torch.distributed (FSDPLlamaAttention); a user's own
+    subclass elsewhere is not read through."""
+    _, varlen = make_pair("llama", "base")
+    attention = varlen.layers[0].self_attn
+    wrapper = type(f"FSDP{type(attention).__name__}", (type(attention),), {"__module__": "torch.distributed.fsdp._x"})
+    attention.__class__ = wrapper
+    assert family_of(attention) == "llama"
+    assert check_verified_family(attention) == "llama"
+    attention.__class__ = type("MyAttention", (wrapper.__mro__[1],), {"__module__": "my_project.models"})
+    assert family_of(attention) is None
