@@ -39,7 +39,11 @@ def load(results: Path) -> dict[str, dict[str, Any]]:
     for task in TASK_ORDER:
         path = results / f"finetune_{task}.json"
         if path.exists():
-            reports[task] = json.loads(path.read_text())
+            report = json.loads(path.read_text())
+            if "train_features" not in report.get("data", {}):  # written by an earlier finetune.py: other fields
+                print(f"(skipped {path.name}: written by an earlier version of finetune.py)\n")
+                continue
+            reports[task] = report
     return reports
 
 
