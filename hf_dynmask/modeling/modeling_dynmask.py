@@ -71,7 +71,7 @@ from .layout import (
     unpad_index,
 )
 from .masks import document, padding_to_bool_4d, to_additive, to_block_mask
-from .saving import auto_map_of, register_for_auto_classes
+from .saving import add_auto_map, auto_map_of, register_for_auto_classes
 
 logger = logging.get_logger(__name__)
 
@@ -381,8 +381,7 @@ class DynMaskPreTrainedModel(PreTrainedModel):
         a registered class to an ``auto_map``). ``push_to_hub``, ``Trainer.save_model``, Trainer checkpoints and
         ``Trainer.push_to_hub`` all save through here.
         """
-        if type(self) in AUTO_CLASS_NAMES:
-            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **auto_map()}
+        add_auto_map(self, DynMaskConfig, AUTO_CLASS_NAMES)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs) -> EncoderResult:

@@ -56,7 +56,7 @@ from .batching import check_max_position, check_packed_row, eager_attention, rej
 from .configuration_dynmask_seq2seq import DynMaskSeq2SeqConfig
 from .layout import UnpadIndex, cu_seqlens_from_seq_idx, position_ids_from_cu_seqlens, repad, unpad, unpad_index
 from .masks import padding_to_bool_4d, to_additive
-from .saving import auto_map_of, register_for_auto_classes
+from .saving import add_auto_map, register_for_auto_classes
 
 logger = logging.get_logger(__name__)
 
@@ -639,11 +639,7 @@ class DynMaskSeq2SeqPreTrainedModel(PreTrainedModel):
         and both classes, so ``AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True)`` loads the folder
         with torch and transformers alone. ``push_to_hub`` and the Trainers save through here.
         """
-        if type(self) in SEQ2SEQ_AUTO_CLASS_NAMES:
-            self.config.auto_map = {
-                **(getattr(self.config, "auto_map", None) or {}),
-                **auto_map_of(DynMaskSeq2SeqConfig, SEQ2SEQ_AUTO_CLASS_NAMES),
-            }
+        add_auto_map(self, DynMaskSeq2SeqConfig, SEQ2SEQ_AUTO_CLASS_NAMES)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 

@@ -11,7 +11,7 @@ trust_remote_code=True)`` of the family loads the folder.
 
 from __future__ import annotations
 
-__all__ = ["auto_map_of", "code_reference", "register_for_auto_classes"]
+__all__ = ["add_auto_map", "auto_map_of", "code_reference", "register_for_auto_classes"]
 
 
 def code_reference(cls: type) -> str:
@@ -41,3 +41,13 @@ def register_for_auto_classes(auto_class_names: dict[type, str]) -> None:
     """``model_class.register_for_auto_class(auto_name)`` for each pair: transformers then ships the code on save."""
     for model_class, auto_name in auto_class_names.items():
         model_class.register_for_auto_class(auto_name)
+
+
+def add_auto_map(model, config_class: type, auto_class_names: dict[type, str]) -> None:
+    """Before ``save_pretrained``: give ``model.config`` its family's complete ``auto_map`` (entries it already has for
+    other classes are kept). Models of classes outside ``auto_class_names`` (a user's subclass) are left alone."""
+    if type(model) in auto_class_names:
+        model.config.auto_map = {
+            **(getattr(model.config, "auto_map", None) or {}),
+            **auto_map_of(config_class, auto_class_names),
+        }
