@@ -15,7 +15,8 @@ Modes: ``static`` pads every batch to the max length with ``config.masking="stat
 ``dynamic`` pads to the longest of the batch and strips the padding inside the model; ``packed`` has no padding (these
 three are DynMask models under ``DynMaskTrainer``, batches of ``--batch-size`` sequences drawn in the same random
 order). ``hf_grouped`` is the transformers way: the stock ``BertFor...`` head, a stock ``Trainer`` with
-``train_sampling_strategy="group_by_length"`` over the same length column and transformers' padding collator. With
+``train_sampling_strategy="group_by_length"`` over the same length column and transformers' padding collator
+(evaluating in dataset order: :class:`_SequentialEvalTrainer` says why). With
 ``--token-budget N``, ``dynamic`` and ``packed`` use token-budget batches instead (then the schedules differ).
 
 The default of every option is the task's converged recipe (:data:`RECIPES`), so
@@ -47,6 +48,8 @@ from typing import Any
 
 import datasets
 import torch
+from torch.utils.data import SequentialSampler
+from transformers import Trainer
 
 from hf_dynmask import DynMaskConfig, make_collator
 from hf_dynmask.commands.bench import _PeakRSS, _release_freed_memory  # the benchmark's peak-RSS sampler, reused
@@ -398,10 +401,23 @@ def card_summary(task_name: str, result: dict[str, Any]):
     )
 
 
+class _SequentialEvalTrainer(Trainer):
+    """The stock Trainer, evaluating in dataset order.
+
+    With ``train_sampling_strategy="group_by_length"`` transformers 5 also length-groups the *evaluation* set, so the
+    predictions reach ``compute_metrics`` in a shuffled order. Scores computed from the gathered labels do not notice,
+    but SQuAD post-processing maps row ``i`` to feature ``i``'s offsets and context, and scored F1 5 in an earlier run
+    of this script (DynMask modes: 49). Training is untouched.
+    """
+
+    def _get_eval_sampler(self, eval_dataset):
+        return None if eval_dataset is None else SequentialSampler(eval_dataset)
+
+
 def train_hf_grouped(args, model_dir, tokenizer, train_set, eval_set, compute_metrics, labels, output_dir):
     """The transformers baseline: stock head, stock Trainer, length-grouped sampling, dynamic padding."""
     import transformers
-    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, TrainingArguments
 
     task = TASKS[args.task]
     config_kwargs: dict[str, Any] = {}
@@ -424,7 +440,7 @@ def train_hf_grouped(args, model_dir, tokenizer, train_set, eval_set, compute_me
         length_column_name="length",
         label_names=eval_label_names(task.collator_task, "dynamic"),
     )
-    trainer = Trainer(
+    trainer = _SequentialEvalTrainer(
         model=model,
         args=training_args,
         train_dataset=train_hf,
