@@ -2,7 +2,8 @@
 
 Continues masked-LM training of MiniLM on a corpus that fits one CPU core (the distinct SQuAD contexts of
 ``../shared/data/squad_v1``: Wikipedia paragraphs; the training split's for training, the validation split's held
-out), twice, changing only the masking:
+out; each text cut to its first ``--max-length`` tokens, 128 by default, which the report's token counts reflect),
+twice, changing only the masking:
 
     static   BERT: each example gets ``--num-duplicates`` fixed masks, one per epoch in turn (``epoch % duplicates``);
              by default ``epochs / 4``, so each mask is seen 4 times, as in BERT's 10 duplicates over 40 epochs

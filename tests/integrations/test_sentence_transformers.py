@@ -35,12 +35,7 @@ from hf_dynmask.integrations import dynmask_sentence_transformer  # noqa: E402
 WORDS = [f"w{i}" for i in range(40)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def texts(count: int = 23, max_words: int = 40, seed: int = 0) -> list[str]:

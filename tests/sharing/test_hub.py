@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 from typing import NamedTuple
@@ -251,24 +247,9 @@ def card() -> ModelCard:
     return ModelCard("---\nlibrary_name: transformers\n---\n# A tiny DynMask model\n")
 
 
-CHILD = textwrap.dedent(
-    """
-    import json, os, sys
-    sys.modules["hf_dynmask"] = None  # `import hf_dynmask` raises ImportError from here on
-    try:
-        import hf_dynmask  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("hf_dynmask is importable in the child")
-
-    import torch
-    import transformers
-
-    torch.set_num_threads(1)
-    spec = json.loads(open(sys.argv[1]).read())
+# The child's body (conftest.run_without_plugin runs it where hf_dynmask cannot be imported).
+CHILD = """
     inputs = torch.load(spec["inputs"])
-    results = {}
 
     # Saving a model loaded as remote code writes a folder that loads the same way.
     source, auto_name, target = spec["resave"]
@@ -299,10 +280,7 @@ CHILD = textwrap.dedent(
         results["untrusted"] = str(error)
     tokenizer = transformers.AutoTokenizer.from_pretrained(spec["jobs"]["pushed"][0])
     results["tokenized"] = tokenizer("hello world").input_ids
-    results["dynmask_modules"] = sorted(m for m in sys.modules if m.startswith("hf_dynmask") and sys.modules[m])
-    torch.save(results, spec["out"])
     """
-)
 
 
 def _tokenizer() -> BertTokenizer:
@@ -401,7 +379,7 @@ def saved(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def loaded(saved):
+def loaded(saved, run_without_plugin):
     """Load every saved / pushed folder in a fresh process where hf_dynmask cannot be imported."""
     root = saved.root
     spec = {
@@ -409,28 +387,8 @@ def loaded(saved):
         "resave": [str(saved.folders["causal_lm"]), "AutoModelForCausalLM", str(saved.folders["resaved"])],
         "config_only": str(root / "config_only"),
         "inputs": str(root / "inputs.pt"),
-        "out": str(root / "child.pt"),
     }
-    (root / "spec.json").write_text(json.dumps(spec))
-    (root / "child.py").write_text(CHILD)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_MODULES_CACHE=str(root / "modules"),
-        HF_HOME=str(root / "hf_home"),
-        TRANSFORMERS_VERBOSITY="error",
-    )
-    done = subprocess.run(
-        [sys.executable, str(root / "child.py"), str(root / "spec.json")],
-        cwd=root,
-        env=env,
-        stdin=subprocess.DEVNULL,  # transformers asks on stdin before running untrusted code: answer nothing
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return torch.load(root / "child.pt")
+    return run_without_plugin(root, CHILD, spec)
 
 
 # -- what is written ----------------------------------------------------------------------------------------------

@@ -9,10 +9,6 @@ and its generated tokens, must equal the parent's bit for bit.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -104,23 +100,8 @@ def outputs(model) -> dict[str, torch.Tensor]:
     return results
 
 
-CHILD = textwrap.dedent(
-    """
-    import json, sys
-    sys.modules["hf_dynmask"] = None  # `import hf_dynmask` raises ImportError from here on
-    try:
-        import hf_dynmask  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("hf_dynmask is importable in the child")
-
-    import torch
-    import transformers
-
-    torch.set_num_threads(1)
-    spec = json.loads(open(sys.argv[1]).read())
-    results = {}
+# The child's body (conftest.run_without_plugin runs it where hf_dynmask cannot be imported).
+CHILD = """
     for name, folder in spec["folders"].items():
         batches = torch.load(spec["batches"][name])
         model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True)
@@ -135,10 +116,7 @@ CHILD = textwrap.dedent(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=6, num_beams=2
             )
         results[name] = out
-    results["dynmask_modules"] = sorted(m for m in sys.modules if m.startswith("hf_dynmask") and sys.modules[m])
-    torch.save(results, spec["out"])
     """
-)
 
 
 @pytest.fixture(scope="module")
@@ -158,32 +136,12 @@ def saved(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def loaded(saved):
-    root = saved.root
+def loaded(saved, run_without_plugin):
     spec = {
         "folders": {name: str(save.directory) for name, save in saved.saves.items()},
-        "batches": {name: str(root / f"{name}_batches.pt") for name in saved.saves},
-        "out": str(root / "child.pt"),
+        "batches": {name: str(saved.root / f"{name}_batches.pt") for name in saved.saves},
     }
-    (root / "spec.json").write_text(json.dumps(spec))
-    (root / "child.py").write_text(CHILD)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_MODULES_CACHE=str(root / "modules"),
-        HF_HOME=str(root / "hf_home"),
-        TRANSFORMERS_VERBOSITY="error",
-    )
-    done = subprocess.run(
-        [sys.executable, str(root / "child.py"), str(root / "spec.json")],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return torch.load(root / "child.pt")
+    return run_without_plugin(saved.root, CHILD, spec)
 
 
 def test_auto_map_of_the_seq2seq_family():

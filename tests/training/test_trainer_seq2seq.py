@@ -48,12 +48,7 @@ CONFIG = dict(
 TOKENIZER = SimpleNamespace(pad_token_id=PAD, padding_side="right", truncation_side="right", pad_token_type_id=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pairs_dataset(n: int = 32, seed: int = 0) -> datasets.Dataset:

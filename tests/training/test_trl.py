@@ -26,12 +26,7 @@ VOCAB = 64
 LENGTHS = [1, 3, 17, 40, 9, 25, 2, 31, 12, 6, 20, 4]  # the shortest and the longest in the same step
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tokenizer():
