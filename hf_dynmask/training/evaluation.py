@@ -393,7 +393,10 @@ def question_answering_metrics(
 
     ``contexts[i]`` and ``offset_mappings[i]`` (``None`` for non-context tokens) describe the ``i``-th evaluation
     feature, in evaluation order (use a sequential sampler). Each row of logits must start at its feature's first
-    token, as in packed mode and with right padding (not left padding). Predictions are ``(start_logits,
+    token, as in packed mode and with right padding (not left padding). The rows must arrive in dataset order: the
+    stock ``Trainer`` with ``train_sampling_strategy="group_by_length"`` length-groups the evaluation set too
+    (transformers 5), which pairs rows with the wrong contexts; :class:`~.trainer.DynMaskTrainer` evaluates in dataset
+    order when ``compute_metrics`` is this function. Predictions are ``(start_logits,
     end_logits)``, each ``(R, L)``; the answer of each row is :func:`best_span` over its context tokens, so the
     Trainer's ``-100`` padding never wins.
 
@@ -440,6 +443,7 @@ def question_answering_metrics(
                 best[question] = (span.score, answer_text(span, offsets, context))
         return squad_scores([best[q][1] for q in range(len(references))], references)
 
+    compute_metrics.needs_dataset_order = True  # DynMaskTrainer then evaluates in dataset order (see its docstring)
     return compute_metrics
 
 

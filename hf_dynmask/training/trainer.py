@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler, SequentialSampler
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import seed_worker
 
@@ -141,7 +141,11 @@ class DynMaskTrainer(Trainer):
     - gathers for ``compute_metrics`` what its collator's evaluation needs: without ``args.label_names`` it uses
       :func:`~.evaluation.eval_label_names` (packed token classification: ``["labels", "seq_idx"]``, the
       boundaries of every packed row), and refuses label names that leave the boundaries out for a model that does
-      not return them itself.
+      not return them itself;
+    - evaluates in dataset order, whatever ``train_sampling_strategy`` says, when ``compute_metrics`` needs it
+      (``compute_metrics.needs_dataset_order``, set by :func:`~.evaluation.question_answering_metrics`, which pairs
+      prediction row ``i`` with feature ``i``'s context): the stock Trainer length-groups the evaluation set under
+      ``group_by_length`` too.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -257,6 +261,13 @@ class DynMaskTrainer(Trainer):
         """The stock evaluation DataLoader, after checking that the model can take the collator's batches."""
         self._check_setup(labels=False)
         return super().get_eval_dataloader(eval_dataset)
+
+    def _get_eval_sampler(self, eval_dataset: Any) -> Sampler | None:
+        """The stock evaluation sampler; dataset order when ``compute_metrics`` needs it (see the class docstring)."""
+        if eval_dataset is None or not getattr(self.compute_metrics, "needs_dataset_order", False):
+            return super()._get_eval_sampler(eval_dataset)
+        # Several processes: None, as the stock Trainer does; accelerate shards in order and gathers back in order.
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
     def get_test_dataloader(self, test_dataset: Any) -> DataLoader:
         """The stock prediction DataLoader (batches without labels), after the same check."""

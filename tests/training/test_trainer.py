@@ -43,13 +43,7 @@ MAX_LEN = 20
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and a shared machine does not thrash)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -532,6 +526,50 @@ def test_arguments_are_validated_and_parsed(tmp_path):
     )
     assert (args.token_budget, args.token_budget_cost, args.max_seqs_per_batch) == (64, "padded", 8)
     assert isinstance(args, TrainingArguments)
+
+
+def qa_evaluation_set() -> tuple[datasets.Dataset, list[str], list[list]]:
+    """48 QA features of 3..20 tokens, each with its own context: token k of row r reads ``r{r}t{k}``."""
+    rows, contexts, offsets = [], [], []
+    for r, row in enumerate(make_rows()):
+        n = row["length"]
+        words = [f"r{r}t{k}" for k in range(1, n - 1)]
+        starts = [sum(len(w) + 1 for w in words[:k]) for k in range(len(words))]
+        contexts.append(" ".join(words))
+        offsets.append([None] + [(a, a + len(w)) for a, w in zip(starts, words, strict=True)] + [None])
+        rows.append({"input_ids": row["input_ids"], "start_positions": 1, "end_positions": 1, "length": n})
+    return datasets.Dataset.from_list(rows), contexts, offsets
+
+
+def test_question_answering_evaluation_stays_in_dataset_order_under_group_by_length(tok, tmp_path):
+    """Under ``group_by_length`` the stock Trainer length-groups the evaluation set too; QA post-processing pairs row i
+    with feature i's context, so DynMaskTrainer evaluates in order. References: the answers of an in-order predict."""
+    from hf_dynmask.modeling.modeling_dynmask import DynMaskForQuestionAnswering
+    from hf_dynmask.training.evaluation import answer_text, best_span, question_answering_metrics
+
+    evaluation, contexts, offsets = qa_evaluation_set()
+    torch.manual_seed(0)
+    model = DynMaskForQuestionAnswering(DynMaskConfig(**{**CONFIG, "num_labels": 2}))
+    collator = make_collator(tok, "question-answering", "dynamic", max_length=MAX_LEN)
+    in_order = DynMaskTrainer(model=model, args=training_args(tmp_path), data_collator=collator)
+    starts, ends = in_order.predict(evaluation).predictions
+    answers = []
+    for row, (context, mapping) in enumerate(zip(contexts, offsets, strict=True)):
+        allowed = torch.zeros(starts.shape[1], dtype=torch.bool)
+        allowed[[k for k, o in enumerate(mapping) if o is not None]] = True
+        answers.append([answer_text(best_span(starts[row], ends[row], allowed=allowed), mapping, context)])
+    grouped = dict(train_sampling_strategy="group_by_length", per_device_eval_batch_size=4)
+    scores = {}
+    for name, trainer_cls in (("dynmask", DynMaskTrainer), ("stock", Trainer)):
+        trainer = trainer_cls(
+            model=model,
+            args=training_args(tmp_path, **grouped),
+            data_collator=collator,
+            compute_metrics=question_answering_metrics(contexts, offsets, answers),
+        )
+        scores[name] = trainer.evaluate(evaluation)["eval_f1"]
+    assert scores["dynmask"] == 100.0
+    assert scores["stock"] < 50.0  # the stock Trainer's length-grouped evaluation: what DynMaskTrainer avoids
 
 
 def test_collator_mode_sees_through_wrappers(tok):
