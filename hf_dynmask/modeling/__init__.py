@@ -14,6 +14,7 @@ the files a model needs can be saved next to it as remote code and load where hf
     input_checks.py             what the models are given: types and shapes, values in one host read per forward
     configuration_dynmask_seq2seq.py  DynMaskSeq2SeqConfig (reads BART / Marian configs)
     modeling_dynmask_seq2seq.py       DynMaskSeq2SeqModel, DynMaskSeq2SeqForConditionalGeneration
+    backends.py                 the attn_implementation hooks every family shares (refusals, switching)
     saving.py                   the auto_map each family writes when saved with its code
     auto.py                     registration with transformers' Auto classes
 """

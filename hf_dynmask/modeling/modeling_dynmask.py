@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import transformers.utils
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
@@ -50,6 +51,7 @@ from .attention import (
     register_attention,
     varlen_attention,
 )
+from .backends import AttentionBackendHooks
 from .batching import eager_attention
 from .configuration_dynmask import DynMaskConfig, did_you_mean
 from .input_checks import (
@@ -79,6 +81,28 @@ register_attention()
 
 FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
 SUPPORTED_IMPLEMENTATIONS = ("eager", "sdpa", ATTN_IMPLEMENTATION, "flex_attention", *FLASH_IMPLEMENTATIONS)
+
+
+def _refuse_unsupported(attn_implementation: str | None) -> None:
+    if attn_implementation is not None and attn_implementation not in SUPPORTED_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attn_implementation={attn_implementation!r} is not supported by DynMask; choose one of "
+            f"{SUPPORTED_IMPLEMENTATIONS}" + did_you_mean(attn_implementation, SUPPORTED_IMPLEMENTATIONS)
+        )
+
+
+def _flash_attn_available(attn_implementation: str) -> bool:
+    """transformers' own availability check of the flash-attn package the name asks for (and a device for it)."""
+    check = getattr(transformers.utils, f"is_flash_attn_{attn_implementation[-1]}_available", None)
+    return bool(check is not None and check())
+
+
+def _flash_missing(attn_implementation: str | None, reason: str) -> str:
+    return (
+        f"attn_implementation={attn_implementation!r} needs flash-attn on a CUDA GPU: pip install "
+        "'hf-dynmask[flash]' (Hub flash kernels are not verified with DynMask). On other devices use "
+        f"'dynmask_varlen' (exact packed attention without flash-attn). ({reason})"
+    )
 
 
 class EncoderBatch(NamedTuple):
@@ -350,7 +374,7 @@ class DynMaskPooler(nn.Module):
         return self.activation(self.dense(first_token_state))
 
 
-class DynMaskPreTrainedModel(PreTrainedModel):
+class DynMaskPreTrainedModel(AttentionBackendHooks, PreTrainedModel):
     config_class = DynMaskConfig
     config: DynMaskConfig
     base_model_prefix = "bert"
@@ -424,21 +448,20 @@ class DynMaskPreTrainedModel(PreTrainedModel):
                 loss_labels = unpad(labels, index)
         return repad(packed_logits, index), packed_logits, loss_labels, shift_labels
 
+    def _refuse_attn_implementation(self, attn_implementation: str | None) -> None:
+        """Unknown names, Hub kernels, and flash without the flash-attn package (transformers would fetch a Hub
+        kernel instead): DynMask's flash path is tested with the flash-attn package only."""
+        _refuse_unsupported(attn_implementation)
+        if attn_implementation in FLASH_IMPLEMENTATIONS and not _flash_attn_available(attn_implementation):
+            raise ImportError(_flash_missing(attn_implementation, "flash-attn is not installed or finds no GPU"))
+
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
         """transformers' check, with errors that name what to install or which names exist."""
-        if requested_attention is not None and requested_attention not in SUPPORTED_IMPLEMENTATIONS:
-            raise ValueError(
-                f"attn_implementation={requested_attention!r} is not supported by DynMask; choose one of "
-                f"{SUPPORTED_IMPLEMENTATIONS}" + did_you_mean(requested_attention, SUPPORTED_IMPLEMENTATIONS)
-            )
+        _refuse_unsupported(requested_attention)
         try:
             return super().get_correct_attn_implementation(requested_attention, is_init_check)
         except ImportError as error:
-            raise ImportError(
-                f"attn_implementation={requested_attention!r} needs flash-attn on a CUDA GPU: "
-                "pip install 'hf-dynmask[flash]'. On other devices use 'dynmask_varlen' (exact packed attention "
-                f"without flash-attn). ({error})"
-            ) from error
+            raise ImportError(_flash_missing(requested_attention, str(error))) from error
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

@@ -52,6 +52,7 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2
 from transformers.utils import logging
 
 from .attention import ATTN_IMPLEMENTATION, VarlenPlan, plan_varlen, register_attention, varlen_attention
+from .backends import AttentionBackendHooks
 from .batching import check_max_position, check_packed_row, eager_attention, reject_unmarked_packing
 from .configuration_dynmask_seq2seq import DynMaskSeq2SeqConfig
 from .layout import UnpadIndex, cu_seqlens_from_seq_idx, position_ids_from_cu_seqlens, repad, unpad, unpad_index
@@ -64,6 +65,16 @@ register_attention()
 
 SUPPORTED_IMPLEMENTATIONS = ("eager", "sdpa", ATTN_IMPLEMENTATION)
 IGNORE_INDEX = -100
+
+
+def _refuse_unsupported(attn_implementation: str | None) -> None:
+    if attn_implementation is not None and attn_implementation not in SUPPORTED_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attn_implementation={attn_implementation!r} is not supported by DynMask's seq2seq family; choose "
+            f"one of {SUPPORTED_IMPLEMENTATIONS} (packed batches always run the exact varlen kernel)"
+        )
+
+
 #: Keys of a packed batch (hf_dynmask's seq2seq collator). ``generate`` refuses them: it works on padded input.
 PACKED_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "seq_idx", "decoder_cu_seq_lens", "decoder_seq_idx")
 
@@ -596,7 +607,7 @@ class DynMaskSeq2SeqModelOutput(Seq2SeqModelOutput):
     decoder_unpad_index: UnpadIndex | None = None
 
 
-class DynMaskSeq2SeqPreTrainedModel(PreTrainedModel):
+class DynMaskSeq2SeqPreTrainedModel(AttentionBackendHooks, PreTrainedModel):
     config_class = DynMaskSeq2SeqConfig
     config: DynMaskSeq2SeqConfig
     base_model_prefix = "model"
@@ -622,13 +633,12 @@ class DynMaskSeq2SeqPreTrainedModel(PreTrainedModel):
         elif isinstance(module, DynMaskSeq2SeqForConditionalGeneration):
             init.zeros_(module.final_logits_bias)
 
+    def _refuse_attn_implementation(self, attn_implementation: str | None) -> None:
+        _refuse_unsupported(attn_implementation)
+
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
         """transformers' check, refusing the backends this family is not verified on."""
-        if requested_attention is not None and requested_attention not in SUPPORTED_IMPLEMENTATIONS:
-            raise ValueError(
-                f"attn_implementation={requested_attention!r} is not supported by DynMask's seq2seq family; choose "
-                f"one of {SUPPORTED_IMPLEMENTATIONS} (packed batches always run the exact varlen kernel)"
-            )
+        _refuse_unsupported(requested_attention)
         return super().get_correct_attn_implementation(requested_attention, is_init_check)
 
     def save_pretrained(self, save_directory, *args, **kwargs):

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+import transformers.utils
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -445,11 +446,42 @@ def test_unknown_and_missing_backends():
     config = dynmask_config_from(tiny_bert_config(), "dynamic", "sdpa")
     with pytest.raises(ValueError, match="not supported by DynMask"):
         DynMaskModel._from_config(config, attn_implementation="nope")
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
+    # Hub kernels: transformers (>= 5.25) loads an "org/repo" name, and stands one in for a missing flash-attn,
+    # without asking get_correct_attn_implementation; DynMask refuses both before any download.
+    with pytest.raises(ValueError, match="not supported by DynMask"):
+        DynMaskModel._from_config(config, attn_implementation="kernels-community/flash-attn2")
+    model = DynMaskModel._from_config(dynmask_config_from(tiny_bert_config(), "dynamic", "sdpa"))
+    with pytest.raises(ValueError, match="not supported by DynMask"):
+        model.set_attn_implementation("kernels-community/flash-attn2")
+    if not transformers.utils.is_flash_attn_2_available():
         with pytest.raises(ImportError, match=r"hf-dynmask\[flash\]"):
             DynMaskModel._from_config(config, attn_implementation="flash_attention_2")
+        with pytest.raises(ImportError, match=r"hf-dynmask\[flash\]"):
+            model.set_attn_implementation("flash_attention_2")
+    assert model.config._attn_implementation == "sdpa"  # refusals leave the model as it was
+
+
+def test_set_attn_implementation_switches_the_kernel():
+    """transformers' source heuristic would keep the old kernel with a warning; DynMask switches, exactly as if the
+    model had been built with the new one."""
+    config = dynmask_config_from(tiny_bert_config(), "dynamic", "sdpa")
+    torch.manual_seed(3)
+    model = DynMaskModel._from_config(config).eval()
+    eager = DynMaskModel._from_config(dynmask_config_from(tiny_bert_config(), "dynamic", "eager")).eval()
+    eager.load_state_dict(model.state_dict())
+    inputs = model_inputs(sequences(LENS), "dynamic")
+    with torch.no_grad():
+        model.set_attn_implementation("eager")
+        assert model.config._attn_implementation == "eager"
+        assert torch.equal(model(**inputs).last_hidden_state, eager(**inputs).last_hidden_state)
+        model.set_attn_implementation("dynmask_varlen")
+        packed = model_inputs(sequences(LENS), "packed")
+        torch.testing.assert_close(
+            real_tokens(model(**packed).last_hidden_state, packed),
+            real_tokens(eager(**inputs).last_hidden_state, inputs),
+            atol=1e-5,
+            rtol=0,
+        )
 
 
 def test_config_validation():

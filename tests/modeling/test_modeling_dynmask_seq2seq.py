@@ -416,9 +416,20 @@ def tiny(checkpoints):
 
 
 def test_unsupported_backends_are_refused(checkpoints):
-    for attn in ("flash_attention_2", "flex_attention"):
+    # A Hub kernel name: transformers would download it without asking get_correct_attn_implementation.
+    for attn in ("flash_attention_2", "flex_attention", "kernels-community/flash-attn2"):
         with pytest.raises(ValueError, match="not supported by DynMask's seq2seq family"):
             dynmask_from(checkpoints, "bart", attn=attn)
+
+
+def test_set_attn_implementation_switches_the_kernel(checkpoints):
+    model = dynmask_from(checkpoints, "bart", attn="sdpa")
+    eager = dynmask_from(checkpoints, "bart", attn="eager")
+    batch = collate(model, pair_tokens("bart"), "dynamic")
+    model.set_attn_implementation("eager")
+    assert model.config._attn_implementation == "eager"
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, eager(**batch).logits)
 
 
 def test_packed_source_needs_packed_targets(tiny):

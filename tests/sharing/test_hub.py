@@ -48,6 +48,7 @@ from hf_dynmask.training import DynMaskTrainer, DynMaskTrainingArguments
 
 CODE_FILES = (
     "attention.py",
+    "backends.py",
     "batching.py",
     "configuration_dynmask.py",
     "families.py",

@@ -21,6 +21,7 @@ from hf_dynmask.sharing.hub import auto_map, save_with_code
 
 CODE_FILES = (
     "attention.py",
+    "backends.py",
     "batching.py",
     "configuration_dynmask_seq2seq.py",
     "families.py",
