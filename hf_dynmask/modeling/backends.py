@@ -4,7 +4,8 @@ Model-side module: imports only torch, transformers and relative siblings (it is
 
 Two of transformers' ``PreTrainedModel`` hooks need the same answer in every family:
 
-- ``_check_and_adjust_attn_implementation`` runs before transformers resolves Hub kernels: since 5.25 (with its
+- ``_check_and_adjust_attn_implementation``, the one entry of every backend choice (``from_pretrained``,
+  ``_from_config``, ``set_attn_implementation``), before transformers resolves Hub kernels: since 5.25 (with its
   ``kernels`` dependency) it takes an ``"org/repo"`` name as a kernel to download and stands a Hub flash kernel in
   for a missing flash-attn, both without reaching ``get_correct_attn_implementation``. A family refuses there what it
   is not verified on.

@@ -97,14 +97,6 @@ def _flash_attn_available(attn_implementation: str) -> bool:
     return bool(check is not None and check())
 
 
-def _flash_missing(attn_implementation: str | None, reason: str) -> str:
-    return (
-        f"attn_implementation={attn_implementation!r} needs flash-attn on a CUDA GPU: pip install "
-        "'hf-dynmask[flash]' (Hub flash kernels are not verified with DynMask). On other devices use "
-        f"'dynmask_varlen' (exact packed attention without flash-attn). ({reason})"
-    )
-
-
 class EncoderBatch(NamedTuple):
     """What every layer needs to know about the batch, resolved once per forward.
 
@@ -453,15 +445,11 @@ class DynMaskPreTrainedModel(AttentionBackendHooks, PreTrainedModel):
         kernel instead): DynMask's flash path is tested with the flash-attn package only."""
         _refuse_unsupported(attn_implementation)
         if attn_implementation in FLASH_IMPLEMENTATIONS and not _flash_attn_available(attn_implementation):
-            raise ImportError(_flash_missing(attn_implementation, "flash-attn is not installed or finds no GPU"))
-
-    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
-        """transformers' check, with errors that name what to install or which names exist."""
-        _refuse_unsupported(requested_attention)
-        try:
-            return super().get_correct_attn_implementation(requested_attention, is_init_check)
-        except ImportError as error:
-            raise ImportError(_flash_missing(requested_attention, str(error))) from error
+            raise ImportError(
+                f"attn_implementation={attn_implementation!r} needs flash-attn on a CUDA GPU, which this environment "
+                "lacks: pip install 'hf-dynmask[flash]' (Hub flash kernels are not verified with DynMask). On other "
+                "devices use 'dynmask_varlen' (exact packed attention without flash-attn)."
+            )
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

@@ -636,11 +636,6 @@ class DynMaskSeq2SeqPreTrainedModel(AttentionBackendHooks, PreTrainedModel):
     def _refuse_attn_implementation(self, attn_implementation: str | None) -> None:
         _refuse_unsupported(attn_implementation)
 
-    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
-        """transformers' check, refusing the backends this family is not verified on."""
-        _refuse_unsupported(requested_attention)
-        return super().get_correct_attn_implementation(requested_attention, is_init_check)
-
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' ``save_pretrained``, writing a folder that also loads where hf_dynmask is not installed.
 

@@ -8,11 +8,7 @@ backbone, also in a process where hf_dynmask cannot be imported (``trust_remote_
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -98,22 +94,18 @@ def test_a_sentence_transformers_folder_keeps_its_modules_and_embeddings():
     assert_same_embeddings(stock, model, sentences, batch_sizes=(1, 9))
 
 
-CHILD = textwrap.dedent(
-    """
-    import sys
-    sys.modules["hf_dynmask"] = None  # `import hf_dynmask` raises ImportError from here on
-    import torch
+# The child's body (conftest.run_without_plugin runs it where hf_dynmask cannot be imported).
+CHILD = """
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(sys.argv[1], device="cpu", trust_remote_code=True)
+    model = SentenceTransformer(spec["saved"], device="cpu", trust_remote_code=True)
     backbone = type(model[0].model)
     assert backbone.__name__ == "DynMaskModel" and backbone.__module__.startswith("transformers_modules."), backbone
-    torch.save(model.encode(sys.argv[3:], convert_to_tensor=True), sys.argv[2])
+    results["embeddings"] = model.encode(spec["sentences"], convert_to_tensor=True)
     """
-)
 
 
-def test_a_saved_model_reloads_with_its_dynmask_backbone(tmp_path):
+def test_a_saved_model_reloads_with_its_dynmask_backbone(tmp_path, run_without_plugin):
     path = tiny_checkpoint(tmp_path / "bert", "bert")
     model = dynmask_sentence_transformer(path, device="cpu")
     model.save(str(tmp_path / "saved"))
@@ -122,19 +114,9 @@ def test_a_saved_model_reloads_with_its_dynmask_backbone(tmp_path):
     reloaded = st.SentenceTransformer(str(tmp_path / "saved"), device="cpu")  # hf_dynmask imported: its classes
     assert type(reloaded[0].model) is DynMaskModel
     torch.testing.assert_close(reloaded.encode(sentences, convert_to_tensor=True), expected, atol=1e-6, rtol=0)
-    (tmp_path / "child.py").write_text(CHILD)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY="error")
-    done = subprocess.run(
-        [sys.executable, str(tmp_path / "child.py"), str(tmp_path / "saved"), str(tmp_path / "out.pt"), *sentences],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, atol=1e-6, rtol=0)
+    loaded = run_without_plugin(tmp_path, CHILD, {"saved": str(tmp_path / "saved"), "sentences": sentences})
+    assert loaded["dynmask_modules"] == []
+    torch.testing.assert_close(loaded["embeddings"], expected, atol=1e-6, rtol=0)
 
 
 def test_save_directory_keeps_the_backbone_folder(tmp_path):
