@@ -127,19 +127,19 @@ API_CASES = [
         "static-masking-restarting-positions-with-a-pad",
         lambda env: env.static(**JOINED),
         ValueError,
-        "position_ids restart inside a row but no sequence boundaries were given",
+        "position_ids start a new sequence inside a row but no sequence boundaries were given",
     ),
     Case(
         "static-masking-restarting-positions-without-pad",
         lambda env: env.static(**{k: v[:, :7] for k, v in JOINED.items()}),
         ValueError,
-        "position_ids restart inside a row",
+        "position_ids start a new sequence inside a row",
     ),
     Case(
         "dynamic-masking-restarting-positions-with-a-pad",
         lambda env: env.dynamic(**JOINED),
         ValueError,
-        "position_ids restart inside a row",
+        "position_ids start a new sequence inside a row",
     ),
     Case(
         "collator-token-type-ids-missing-in-the-first-feature",

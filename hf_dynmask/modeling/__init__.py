@@ -5,16 +5,18 @@ the files a model needs can be saved next to it as remote code and load where hf
 (``tests/test_layers.py`` holds the package to that).
 
     layout.py                   seq_lens <-> cu_seqlens <-> position_ids <-> seq_idx, pad <-> unpad index maps
+    batch.py                    the batch contract: every rule about a batch, once; BatchLayout, the one description
     masks.py                    masks as predicates, converted to each backend's format
-    attention.py                exact varlen attention on any device, registered as "dynmask_varlen"
+    attention.py                exact varlen attention on any device, the eager reference, the families' attend()
+    backends.py                 which attn_implementation each family runs, and the hooks every family shares
     families.py                 the stock transformers families dynmask_varlen is verified exact on
-    batching.py                 what the families share around attention (packed-row and position checks)
+    stock.py                    stock models on dynmask_varlen: refused at load unless verified, checked per forward
+    outputs.py                  outputs shared by the families and stock models (seq_idx of a packed row)
+    input_checks.py             what the models' tables take: token ids, labels, answer spans
     configuration_dynmask.py    DynMaskConfig (reads BERT / RoBERTa configs)
     modeling_dynmask.py         DynMaskModel and its heads
-    input_checks.py             what the models are given: types and shapes, values in one host read per forward
     configuration_dynmask_seq2seq.py  DynMaskSeq2SeqConfig (reads BART / Marian configs)
     modeling_dynmask_seq2seq.py       DynMaskSeq2SeqModel, DynMaskSeq2SeqForConditionalGeneration
-    backends.py                 the attn_implementation hooks every family shares (refusals, switching)
     saving.py                   the auto_map each family writes when saved with its code
     auto.py                     registration with transformers' Auto classes
 """

@@ -1,24 +1,24 @@
-"""Attention over packed tokens, exact and padding-free, on any device; and its registration with transformers.
+"""Attention over packed tokens, exact and padding-free, on any device; and its ``AttentionInterface`` entry.
 
 Model-side module: imports only torch, transformers and relative siblings (it is saved next to a model as remote code).
 
 Dimension legend:
     Nq, Nk  packed query / key tokens     S  sequences          H  query heads       Hkv  key/value heads
     D       head dim                      n  sequences in one length group           Lq, Lk  longest query / key
-                                                                                             length of that group
+    B, Q, K rows, queries and keys of a padded batch                                         length of that group
 
 A packed batch holds ``S`` sequences back to back, with boundaries in ``cu_seqlens``: ``cu_seqlens_q`` for the
 queries and ``cu_seqlens_k`` for the keys (the same tensor for self-attention; different for cross-attention, where
 target ``s`` attends to source ``s`` only, or for a decoder step over a cache). Exact attention lets every query see
 the keys of its own sequence only (a block-diagonal "document" mask). Three ways to compute it:
 
-- one dense ``(Nq, Nk)`` block-diagonal mask: correct but quadratic in the pack length, so hf_dynmask never does
-  this on the SDPA/eager backends;
+- one dense ``(Nq, Nk)`` block-diagonal mask: correct but quadratic in the pack length, so hf_dynmask builds it only
+  when attention weights are asked for (``output_attentions``, :func:`dense_mask`);
 - flash-attn's varlen kernels (CUDA only): used through transformers' ``flash_attention_2`` when installed;
 - :func:`varlen_attention` here: sequences are grouped by similar lengths (:func:`plan_varlen`, once per forward),
   each group is gathered into small padded ``(n, H, Lq, D)`` / ``(n, Hkv, Lk, D)`` blocks with a key-padding mask,
-  run through SDPA (or the explicit eager reference) and scattered back. Cost ``sum(n * Lq * Lk)``, close to the
-  real ``sum(lq * lk)``; no sequence ever sees another. It works on CPU, CUDA and anything else SDPA runs on.
+  run through SDPA (or :func:`eager_attention`, the reference) and scattered back. Cost ``sum(n * Lq * Lk)``, close
+  to the real ``sum(lq * lk)``; no sequence ever sees another. It works on CPU, CUDA and anything else SDPA runs on.
 
 Inside each sequence the kernel honours causality (aligned bottom-right when a query block is shorter than its keys,
 as when decoding with a cache: query ``i`` sees keys up to ``i + lk - lq``), a sliding window (``sliding_window=W``:
@@ -27,18 +27,13 @@ transformers' ``sliding_window`` argument means), grouped-query attention (``Hkv
 softcap (``tanh(scores / c) * c``, computed on the explicit path).
 
 :func:`varlen_attention_forward` is that path behind transformers' ``AttentionInterface`` signature, registered as
-``"dynmask_varlen"`` together with :func:`varlen_attention_mask` in ``AttentionMaskInterface``:
-
-- the mask function never builds a mask for an unpadded batch (where transformers' sdpa builds a dense ``(N, N)``
-  mask for a packed row), and hands padded batches the same 4-D mask stock SDPA gets;
-- the attention takes a packed row's boundaries from ``cu_seq_lens_q/k`` when given, and for causal models also from
-  restarting ``position_ids`` alone (transformers' and TRL's padding-free convention), never from a guess for an
-  encoder; an unpacked, unpadded batch without a window or softcap goes to transformers' own SDPA function;
-- a packed row's ``position_ids`` must restart at the family's first position in every sequence (0, or
-  ``padding_idx + 1`` for RoBERTa-style models): positions counted over the whole row are refused, as is a row whose
-  boundaries come from restarting positions over a cache or cross-attention keys;
-- it runs only on the model families verified exact here (:mod:`.families`) and refuses any argument it cannot
-  honour (attention sinks, a relative position bias on packed rows, an unknown argument), naming what to use instead.
+``"dynmask_varlen"`` (with :func:`varlen_attention_mask` in ``AttentionMaskInterface``) by :mod:`.stock`, whose
+entry check describes each batch once per forward (:mod:`.batch`) and hands every attention layer that description
+and its plan as arguments (``dynmask_layout``, ``dynmask_plan``). The entry is a route and a kernel call: a packed
+row goes to the varlen kernel, padded rows to transformers' own SDPA function with the mask it built, rows with a
+window, a softcap or queries over a cache to the varlen kernel as one length group; with ``output_attentions`` the
+same mask runs through the eager kernel, which returns the weights. Arguments it cannot honour (attention sinks, a
+relative position bias on packed rows, an unknown argument) are refused, naming what to use instead.
 """
 
 from __future__ import annotations
@@ -48,19 +43,22 @@ from typing import Any, NamedTuple
 import torch
 from torch.nn import functional as F
 
-from .families import DYNMASK_FAMILY, VERIFIED_FAMILIES, check_verified_family, position_start_of
-from .layout import cu_seqlens_from_position_ids, position_ids_from_cu_seqlens
-from .masks import to_additive
+from .families import check_verified_family
 
 ATTN_IMPLEMENTATION = "dynmask_varlen"
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
+    "AttentionLayout",
     "LengthGroup",
     "VarlenPlan",
+    "attend",
+    "dense_mask",
+    "eager_attention",
     "flex_attention",
     "plan_varlen",
-    "register_attention",
+    "repeat_kv",
+    "rows_plan",
     "varlen_attention",
     "varlen_attention_forward",
     "varlen_attention_mask",
@@ -239,28 +237,125 @@ def _group_mask(group: LengthGroup, is_causal: bool, sliding_window: int | None)
     return allowed
 
 
-def _eager(query, key, value, allowed, scaling, dropout_p, training, softcap=None):
-    """Explicit softmax over an additive mask: the reference the other kernels are tested against.
+def rows_plan(batch_size: int, q_len: int, k_len: int, device: torch.device | str | None = None) -> VarlenPlan:
+    """``B`` rows of ``q_len`` queries over ``k_len`` keys (the last ``q_len`` of them) as one length group, built
+    without reading anything back from the device.
 
-    ``softcap`` caps the scores as Gemma-2 does (``tanh(scores / softcap) * softcap``, before the mask); the softmax
-    runs in float32, as transformers' eager attention does.
+    >>> plan = rows_plan(2, 1, 4)
+    >>> [(g.num_seqs, g.q_len, g.k_len, g.diagonal.flatten().tolist()) for g in plan.groups]
+    [(2, 1, 4, [3, 3])]
     """
+    q_gather = torch.arange(batch_size * q_len, device=device)
+    k_gather = q_gather if k_len == q_len else torch.arange(batch_size * k_len, device=device)
+    diagonal = None if k_len == q_len else torch.full((batch_size, 1, 1, 1), k_len - q_len, device=device)
+    group = LengthGroup(q_gather, k_gather, None, None, None, diagonal, batch_size, q_len, k_len)
+    return VarlenPlan((group,), None, batch_size * q_len, batch_size * k_len)
+
+
+class AttentionLayout(NamedTuple):
+    """How every layer's attention of one kind (self-attention, or a decoder's cross-attention) sees the batch, built
+    once per forward by both DynMask families.
+
+    Packed tokens (``packed=True``, hidden states ``(N, h)``): ``plan`` for :func:`varlen_attention` (the SDPA and
+    eager kernels), ``mask`` a ``BlockMask`` for flex attention, ``cu_seqlens`` / ``max_seqlen`` for flash-attn.
+    Padded rows (hidden states ``(B, T, h)``): ``mask`` in the backend's form: bool ``(B, 1, Q, K)``, True = may
+    attend (SDPA and the eager kernel), a ``BlockMask`` (flex), the 2-D ``(B, T)`` padding mask (flash-attn, which
+    unpads it itself), or None to attend to every key; ``is_causal`` asks SDPA for its own causal mask.
+    """
+
+    kernel: str  # "sdpa", "eager", "flex_attention" or a flash implementation
+    packed: bool = False
+    plan: VarlenPlan | None = None
+    mask: Any = None
+    is_causal: bool = False
+    cu_seqlens: torch.Tensor | None = None  # int32 (S + 1,), packed
+    max_seqlen: int = 0
+
+
+def repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
+    """``(..., Hkv, L, D)`` -> ``(..., Hkv * groups, L, D)``: query head ``h`` reads key/value head ``h // groups``
+    (grouped-query attention)."""
+    if groups == 1:
+        return states
+    *lead, heads, length, dim = states.shape
+    expanded = states.unsqueeze(-3).expand(*lead, heads, groups, length, dim)
+    return expanded.reshape(*lead, heads * groups, length, dim)
+
+
+def eager_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    allowed: torch.Tensor | None,
+    scaling: float,
+    dropout_p: float = 0.0,
+    training: bool = False,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference kernel: an explicit softmax, which the other kernels are tested against, and the one that
+    returns attention weights.
+
+    Args:
+        query: ``(..., H, Q, D)``; key, value: ``(..., Hkv, K, D)`` with ``Hkv`` dividing ``H``.
+        allowed: bool, broadcastable to ``(..., H, Q, K)``, True = may attend (an additive float mask, 0 /
+            ``finfo.min``, is added as is); None: every key.
+        softcap: cap the scores as Gemma-2 does (``tanh(scores / softcap) * softcap``, before the mask).
+
+    The softmax runs in float32 and is cast back, as transformers' eager attention does. Returns the output
+    ``(..., H, Q, D)`` and the weights ``(..., H, Q, K)``.
+    """
+    groups = query.shape[-3] // key.shape[-3]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if allowed is not None:
-        scores = scores + to_additive(allowed, scores.dtype)
+        if allowed.dtype == torch.bool:
+            scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + allowed
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     probs = F.dropout(probs, p=dropout_p, training=training)
-    return torch.matmul(probs, value)
+    return torch.matmul(probs, value), probs
 
 
-def _repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
-    """``(n, Hkv, L, D)`` -> ``(n, Hkv * groups, L, D)``: query head ``h`` reads key/value head ``h // groups``."""
-    if groups == 1:
-        return states
-    n, heads, length, dim = states.shape
-    return states[:, :, None].expand(n, heads, groups, length, dim).reshape(n, heads * groups, length, dim)
+def dense_mask(
+    batch_size: int,
+    q_len: int,
+    k_len: int,
+    *,
+    device: torch.device | str | None = None,
+    is_causal: bool = False,
+    sliding_window: int | None = None,
+    seq_idx: torch.Tensor | None = None,
+    key_seq_idx: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bool ``(B, 1, Q, K)``, True = may attend: the whole mask of a batch, built only where attention weights are
+    returned (quadratic in the row length).
+
+    Queries are the last ``q_len`` of ``k_len`` positions (bottom-right, as over a cache). ``seq_idx`` ``(B, Q)``
+    (and ``key_seq_idx`` ``(B, K)`` for cross-attention) keep each sequence of a packed row to its own keys;
+    ``allowed`` (a padding mask, broadcastable) is and-ed in.
+
+    >>> from hf_dynmask.modeling.masks import draw
+    >>> print(draw(dense_mask(1, 4, 4, is_causal=True, seq_idx=torch.tensor([[0, 0, 1, 1]]))[0, 0]))
+    ■ ⬚ ⬚ ⬚
+    ■ ■ ⬚ ⬚
+    ⬚ ⬚ ■ ⬚
+    ⬚ ⬚ ■ ■
+    """
+    q_pos = torch.arange(k_len - q_len, k_len, device=device).view(1, 1, -1, 1)  # (1, 1, Q, 1)
+    distance = q_pos - torch.arange(k_len, device=device).view(1, 1, 1, -1)  # query minus key position
+    mask = distance >= 0 if is_causal else torch.ones_like(distance, dtype=torch.bool)
+    if sliding_window is not None:
+        mask = mask & (distance.abs() < sliding_window)
+    if seq_idx is not None:
+        keys = seq_idx if key_seq_idx is None else key_seq_idx
+        mask = mask & (seq_idx[:, None, :, None] == keys[:, None, None, :])
+    if allowed is not None:
+        mask = mask & allowed.bool()
+    return mask.expand(batch_size, 1, q_len, k_len)
 
 
 def varlen_attention(
@@ -315,19 +410,19 @@ def varlen_attention(
         k, v = (
             t.index_select(0, group.k_gather).view(n, k_len, kv_heads, -1).transpose(1, 2) for t in (key, value)
         )  # (n, H, Lq, D) and (n, Hkv, Lk, D) blocks from here on
-        k, v = _repeat_kv(k, num_heads // kv_heads), _repeat_kv(v, num_heads // kv_heads)
         plain_causal = (
             is_causal and sliding_window is None and group.key_allowed is None and group.diagonal is None
         )  # equal lengths, no padding: SDPA's own causal flag
         allowed = None if plain_causal else _group_mask(group, is_causal, sliding_window)
         if use_sdpa:
+            k, v = repeat_kv(k, num_heads // kv_heads), repeat_kv(v, num_heads // kv_heads)
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=allowed, dropout_p=dropout_p, is_causal=plain_causal, scale=scaling
             )
         else:
             if plain_causal:
                 allowed = _group_mask(group, True, None)
-            out = _eager(q, k, v, allowed, scaling, dropout_p, training, softcap)
+            out, _ = eager_attention(q, k, v, allowed, scaling, dropout_p, training, softcap)
         out = out.transpose(1, 2).reshape(n * q_len, num_heads, -1)  # (n * Lq, H, D)
         outputs.append(out if group.q_real_slots is None else out.index_select(0, group.q_real_slots))
     packed = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
@@ -348,25 +443,97 @@ def flex_attention(
     return kernel(query, key, value, block_mask=block_mask, scale=scaling).transpose(1, 2)
 
 
+def attend(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    layout: AttentionLayout,
+    *,
+    scaling: float,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    output_attentions: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The DynMask families' attention call, one for every backend.
+
+    Args:
+        query: ``(Nq, H, D)`` packed tokens or ``(B, H, Q, D)`` padded rows; key, value: ``(Nk, H, D)`` or
+            ``(B, H, K, D)``.
+        layout: how this kind of attention sees the batch (built once per forward).
+        dropout_p: the attention dropout (0 in eval).
+        output_attentions: also return the weights ``(B, H, Q, K)``, computed by :func:`eager_attention` over
+            ``layout.mask``, which the family then builds whole (:func:`dense_mask`), packed rows included.
+
+    Returns:
+        The output, ``(Nq, H, D)`` packed or ``(B, Q, H, D)`` padded, and the weights or None.
+    """
+    training = module.training
+    if layout.packed and not output_attentions:
+        if layout.kernel == "flex_attention":
+            qkv = (t.transpose(0, 1).unsqueeze(0) for t in (query, key, value))  # (1, H, N, D)
+            return flex_attention(*qkv, layout.mask, scaling=scaling)[0], None
+        if layout.kernel.startswith("flash_attention"):
+            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+            out, _ = ALL_ATTENTION_FUNCTIONS[layout.kernel](
+                module,
+                *(t.transpose(0, 1).unsqueeze(0) for t in (query, key, value)),  # (1, H, N, D)
+                None,
+                dropout=dropout_p,
+                scaling=scaling,
+                is_causal=is_causal,
+                cu_seq_lens_q=layout.cu_seqlens,
+                cu_seq_lens_k=layout.cu_seqlens,
+                max_length_q=layout.max_seqlen,
+                max_length_k=layout.max_seqlen,
+            )
+            return out[0], None  # (N, H, D)
+        out = varlen_attention(
+            query, key, value, layout.plan, scaling=scaling, dropout_p=dropout_p, is_causal=is_causal,
+            kernel="eager" if layout.kernel == "eager" else "sdpa", training=training,
+        )  # fmt: skip
+        return out, None
+    if layout.packed:  # the weights of packed tokens: rows of the whole mask
+        rows = layout.mask.shape[0]
+        query, key, value = (t.view(rows, -1, *t.shape[1:]).transpose(1, 2) for t in (query, key, value))
+    if output_attentions or layout.kernel == "eager":
+        out, weights = eager_attention(query, key, value, layout.mask, scaling, dropout_p, training)
+        out = out.transpose(1, 2)
+    elif layout.kernel == "flex_attention":
+        out, weights = flex_attention(query, key, value, layout.mask, scaling=scaling), None
+    else:
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=layout.mask, dropout_p=dropout_p, is_causal=layout.is_causal, scale=scaling
+        ).transpose(1, 2)
+        weights = None
+    if layout.packed:
+        out = out.reshape(-1, *out.shape[2:])  # (N, H, D)
+    return out, weights  # (B, Q, H, D)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # transformers' AttentionInterface / AttentionMaskInterface entries
 # --------------------------------------------------------------------------------------------------------------------
 
 #: Arguments transformers models pass to attention functions that never change the scores (bookkeeping, or read
-#: elsewhere in the model). Anything else that is not None and not handled below is refused.
+#: elsewhere: the batch's boundaries and positions reach the attention through ``dynmask_layout``). Anything else
+#: that is not None and not handled below is refused.
 PASSIVE_KWARGS = frozenset(
     {
         "cache_position",
+        "cu_seq_lens_k",
+        "cu_seq_lens_q",
         "deterministic",
         "layer_idx",
         "max_length_k",
         "max_length_q",
         "num_items_in_batch",
-        "output_attentions",
         "output_hidden_states",
         "past_key_value",
         "past_key_values",
         "position_embeddings",
+        "position_ids",
         "return_dict",
         "seq_idx",
         "use_cache",
@@ -384,64 +551,6 @@ def _check_kwargs(kwargs: dict[str, Any]) -> None:
         )
 
 
-def _once_per_forward(holder: torch.Tensor, name: str, key: tuple, build):
-    """``build()``, computed once per forward: transformers passes the same ``cu_seq_lens_q`` / ``position_ids``
-    tensor to every layer, so the result is kept on that tensor (keyed by its version, so an in-place change
-    rebuilds it) and the host syncs of building it happen in the first layer only."""
-    key = (key, holder._version, tuple(holder.shape))
-    cached = getattr(holder, name, None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    value = build()
-    setattr(holder, name, (key, value))
-    return value
-
-
-def _bucket_ratio(module: torch.nn.Module) -> float:
-    return float(getattr(getattr(module, "config", None), "varlen_bucket_ratio", 0.8))
-
-
-def _check_packed_positions(
-    module: torch.nn.Module, family: str, position_ids: torch.Tensor | None, cu_seqlens: torch.Tensor, batch_size: int
-) -> None:
-    """Refuse a packed row whose ``position_ids`` do not restart at the family's first position in every sequence.
-
-    The model numbers its positions from ``position_ids`` (learned absolute or rotary), so positions counted over the
-    whole row, or from the wrong start (RoBERTa-style models start at ``padding_idx + 1``), give each sequence other
-    outputs than it has alone. Checked once per forward. Families whose attention never receives ``position_ids``
-    (see :class:`~.families.Family`) cannot be checked here; hf_dynmask's packed collator always passes them.
-    """
-    if family == DYNMASK_FAMILY:
-        return  # DynMask models check their own packed batches
-    start = position_start_of(getattr(module, "config", None))
-    if position_ids is None:
-        if VERIFIED_FAMILIES[family].attention_sees_positions:
-            raise ValueError(
-                f"a packed row (cu_seq_lens_q) without position_ids: {family} would number positions over the whole "
-                f"row. Pass position_ids restarting at {start} in every sequence (hf_dynmask's packed collator and "
-                "DataCollatorWithFlattening do)"
-            )
-        return
-
-    def consistent() -> bool:
-        expected = position_ids_from_cu_seqlens(cu_seqlens.to(position_ids.device), start)
-        flat = position_ids.expand(batch_size, -1).reshape(-1)
-        return flat.shape == expected.shape and torch.equal(flat, expected)
-
-    key = (start, cu_seqlens.data_ptr(), cu_seqlens._version, tuple(cu_seqlens.shape))
-    if not _once_per_forward(position_ids, "_dynmask_positions_checked", key, consistent):
-        hint = (
-            f"make_collator(..., mode='packed', position_start={start}) or DataCollatorWithFlattening("
-            f"position_ids_start={start})"
-        )
-        raise ValueError(
-            f"the position_ids of a packed row must restart at {start} in every sequence ({family} numbers "
-            f"positions from {start}{' = padding_idx + 1' if VERIFIED_FAMILIES[family].pad_offset_positions else ''}"
-            f"); got {position_ids.reshape(-1)[:12].tolist()}... for sequence boundaries "
-            f"{cu_seqlens[:6].tolist()}... Number positions per sequence: {hint}"
-        )
-
-
 def varlen_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -455,138 +564,93 @@ def varlen_attention_forward(
     softcap: float | None = None,
     position_bias: torch.Tensor | None = None,
     s_aux: torch.Tensor | None = None,
-    position_ids: torch.Tensor | None = None,
-    cu_seq_lens_q: torch.Tensor | None = None,
-    cu_seq_lens_k: torch.Tensor | None = None,
     encoder_hidden_states: torch.Tensor | None = None,
+    output_attentions: bool | None = None,
+    dynmask_layout: Any = None,
     dynmask_plan: VarlenPlan | None = None,
     **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """transformers ``AttentionInterface`` entry for ``attn_implementation="dynmask_varlen"``.
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """transformers ``AttentionInterface`` entry for ``attn_implementation="dynmask_varlen"``: a route, then a kernel.
 
     Args:
         query: ``(B, H, Tq, D)``; key, value: ``(B, Hkv, Tk, D)``, as transformers passes them.
         attention_mask: what :func:`varlen_attention_mask` built: None (no padding) or the padded batch's 4-D bool
             mask (True = may attend), as stock SDPA gets it.
         sliding_window, softcap: the model's local-attention window and score cap (see :func:`varlen_attention`).
-        position_ids: ``(B, Tq)``; for a causal model without ``cu_seq_lens_q``, restarting positions mark packed
-            sequences (transformers' padding-free convention).
-        cu_seq_lens_q / cu_seq_lens_k: int32 ``(S + 1,)`` boundaries of a packed row (``B == 1``); attention stays
-            inside each sequence.
-        dynmask_plan: a :func:`plan_varlen` built by the caller for these boundaries (optional).
+        output_attentions: return the attention weights ``(B, H, Tq, Tk)`` (computed by :func:`eager_attention`).
+        dynmask_layout: the batch's :class:`~.batch.BatchLayout`, from the model's entry check (:mod:`.stock`);
+            ``"packed"`` rows run the varlen kernel with ``dynmask_plan``.
 
     Returns:
-        ``((B, Tq, H, D) attention output, None)``, the layout transformers' attention functions return.
+        ``((B, Tq, H, D) attention output, weights or None)``, the layout transformers' attention functions return.
     """
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    family = check_verified_family(module)
+    check_verified_family(module)
     _check_kwargs(kwargs)
     if s_aux is not None:
         raise ValueError(
             "dynmask_varlen does not implement attention sinks (s_aux); use attn_implementation='eager' or a "
             "flash-attention kernel that supports them"
         )
-    if is_causal is None:
-        is_causal = getattr(module, "is_causal", True)
+    if dynmask_layout is None:
+        raise ValueError(
+            f"{type(module).__name__} runs attn_implementation='dynmask_varlen' but its model never checked the "
+            "batch: load the model with attn_implementation='dynmask_varlen' (after import hf_dynmask), or call "
+            "model.set_attn_implementation('dynmask_varlen'), instead of setting config._attn_implementation"
+        )
+    is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     batch_size, num_heads, q_len, _ = query.shape
     k_len = key.shape[2]
 
-    cu_q = cu_k = None
-    if cu_seq_lens_q is not None or cu_seq_lens_k is not None:  # stated boundaries: a packed row
-        cu_q = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
-        cu_k = cu_seq_lens_k if cu_seq_lens_k is not None else cu_q
-        if batch_size != 1:
-            raise ValueError(
-                f"a packed batch is one row of concatenated sequences, got batch size {batch_size}; use "
-                "hf_dynmask's packed collator (input_ids of shape (1, total_tokens))"
-            )
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError(
-                "packed batch (cu_seq_lens_q) with a padding attention_mask: a packed row has no padding, so drop "
-                "attention_mask or use the dynamic-padding collator instead of the packed one"
-            )
-        holder = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
-        _check_packed_positions(module, family, position_ids, cu_q, batch_size)
-    elif attention_mask is not None:  # a padded batch: its 4-D mask says everything, as for stock SDPA
+    # -- the route ----------------------------------------------------------------------------------------------------
+    packed = dynmask_layout.kind == "packed"
+    if packed and (encoder_hidden_states is not None or k_len != q_len):
+        raise ValueError(
+            "dynmask_varlen packs self-attention of stock models only; this layer attends to other keys (cross-"
+            "attention or a cache). For encoder-decoder models use the DynMask seq2seq family, or padded batches"
+        )
+    if position_bias is not None and (packed or softcap is not None or attention_mask is None):
+        raise ValueError(
+            "dynmask_varlen cannot apply a relative position bias (T5-style) to packed rows or local windows: the "
+            "bias is computed over the whole row. Use attn_implementation='sdpa' with padded batches"
+        )
+    window = sliding_window if sliding_window is not None and k_len > sliding_window else None
+    if output_attentions:  # the weights: the same mask, whole, through the eager kernel
+        seq_idx = dynmask_layout.seq_idx.view(batch_size, q_len) if packed else None
+        allowed = attention_mask
+        if allowed is None:
+            allowed = dense_mask(
+                batch_size, q_len, k_len, device=query.device, is_causal=is_causal, sliding_window=window,
+                seq_idx=seq_idx,
+            )  # fmt: skip
+        out, weights = eager_attention(query, key, value, allowed, scaling, dropout, module.training, softcap)
+        return out.transpose(1, 2).contiguous(), weights
+    if packed:
+        plan = dynmask_plan
+    elif attention_mask is not None:  # padded rows: the 4-D mask says everything, as for stock SDPA
         if softcap is None:
             return sdpa_attention_forward(
                 module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal,
                 position_bias=position_bias,
             )  # fmt: skip
-        if position_bias is not None:
-            raise ValueError("dynmask_varlen does not combine an attention softcap with a position bias")
-        allowed = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
-        key, value = (repeat_kv(t, num_heads // key.shape[1]) for t in (key, value))
-        out = _eager(query, key, value, allowed, scaling, dropout, module.training, softcap)
+        out, _ = eager_attention(query, key, value, attention_mask, scaling, dropout, module.training, softcap)
         return out.transpose(1, 2).contiguous(), None
-    else:
-        if position_ids is not None and q_len > 1 and position_ids.shape[-1] == q_len:
-            cu_q = _once_per_forward(
-                position_ids,
-                "_dynmask_boundaries",
-                (batch_size,),
-                lambda: cu_seqlens_from_position_ids(position_ids.expand(batch_size, -1)),
-            )
-            if cu_q is not None and not is_causal:
-                raise ValueError(
-                    "position_ids restart inside a row of an encoder batch but no boundaries were given: pass "
-                    "cu_seq_lens_q (hf_dynmask's packed collator, or DataCollatorWithFlattening("
-                    "return_flash_attn_kwargs=True)); boundaries are never guessed for bidirectional attention"
-                )
-            if cu_q is not None and k_len != q_len:
-                raise ValueError(
-                    f"position_ids restart inside a row of {q_len} queries attending to {k_len} keys (a packed row "
-                    "over a cache, or cross-attention): packed rows are supported for self-attention without earlier "
-                    "cached tokens only. Run packed rows in one forward, or pad the batch instead"
-                )
-            if cu_q is not None:
-                _check_packed_positions(module, family, position_ids, cu_q, batch_size)
-            cu_k, holder = cu_q, position_ids
-        window_active = sliding_window is not None and k_len > sliding_window
-        offset_causal = is_causal and q_len > 1 and q_len != k_len  # queries over a cache: bottom-right alignment
-        if cu_q is None and not (window_active or softcap is not None or offset_causal):
-            return sdpa_attention_forward(
-                module, query, key, value, None, dropout=dropout, scaling=scaling, is_causal=is_causal,
-                position_bias=position_bias,
-            )  # fmt: skip
-        if cu_q is None:  # one sequence per row, with a window, a softcap or a cache offset
-            holder = None
-            cu_q = torch.arange(0, (batch_size + 1) * q_len, q_len, dtype=torch.int32, device=query.device)
-            cu_k = torch.arange(0, (batch_size + 1) * k_len, k_len, dtype=torch.int32, device=query.device)
+    elif window is None and softcap is None and not (is_causal and 1 < q_len != k_len):
+        return sdpa_attention_forward(
+            module, query, key, value, None, dropout=dropout, scaling=scaling, is_causal=is_causal,
+            position_bias=position_bias,
+        )  # fmt: skip
+    else:  # one sequence per row, with a window, a softcap or queries over a cache (bottom-right causal)
+        plan = rows_plan(batch_size, q_len, k_len, query.device)
 
-    if position_bias is not None:
-        raise ValueError(
-            "dynmask_varlen cannot apply a relative position bias (T5-style) to packed rows or local windows: "
-            "the bias is computed over the whole row. Use attn_implementation='sdpa' with padded batches"
-        )
-    if encoder_hidden_states is not None:
-        raise ValueError("dynmask_varlen does not pack cross-attention of stock models; use padded batches")
-    if dynmask_plan is None:
-        ratio = _bucket_ratio(module)
-        if holder is None:
-            dynmask_plan = plan_varlen(cu_q, cu_k, ratio)
-        else:
-            cross = None if cu_k is cu_q else (cu_k._version, tuple(cu_k.shape), cu_k.data_ptr())
-            dynmask_plan = _once_per_forward(
-                holder, "_dynmask_varlen_plan", (ratio, cross), lambda: plan_varlen(cu_q, cu_k, ratio)
-            )
-    if is_causal and any(bool((g.diagonal < 0).any()) for g in dynmask_plan.groups if g.diagonal is not None):
-        raise ValueError("causal attention needs every query sequence to be at most as long as its key sequence")
+    # -- the kernel ---------------------------------------------------------------------------------------------------
     q, k, v = (t.transpose(1, 2).reshape(-1, t.shape[1], t.shape[3]) for t in (query, key, value))  # (B * T, H, D)
     out = varlen_attention(
-        q,
-        k,
-        v,
-        dynmask_plan,
-        scaling=scaling,
-        dropout_p=dropout,
-        is_causal=bool(is_causal),
-        sliding_window=sliding_window,
-        softcap=softcap,
-        training=module.training,
-    )
+        q, k, v, plan, scaling=scaling, dropout_p=dropout, is_causal=bool(is_causal), sliding_window=sliding_window,
+        softcap=softcap, training=module.training,
+    )  # fmt: skip
     return out.view(batch_size, q_len, num_heads, -1), None  # (B, Tq, H, D)
 
 
@@ -627,16 +691,3 @@ def varlen_attention_mask(
         attention_mask=attention_mask,
         **kwargs,
     )
-
-
-def register_attention() -> None:
-    """Register ``"dynmask_varlen"`` with transformers' attention and mask interfaces (idempotent).
-
-    Both registrations are needed: transformers hands ``attention_mask=None`` to a name that is missing from
-    ``AttentionMaskInterface``, which would silently ignore padding.
-    """
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    AttentionInterface.register(ATTN_IMPLEMENTATION, varlen_attention_forward)
-    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, varlen_attention_mask)

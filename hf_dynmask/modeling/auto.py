@@ -11,11 +11,11 @@ from __future__ import annotations
 import transformers
 from transformers import AutoConfig
 
-from .attention import register_attention
 from .configuration_dynmask import DynMaskConfig
 from .configuration_dynmask_seq2seq import DynMaskSeq2SeqConfig
 from .modeling_dynmask import AUTO_CLASS_NAMES
 from .modeling_dynmask_seq2seq import SEQ2SEQ_AUTO_CLASS_NAMES
+from .stock import register_attention
 
 #: The encoder family (BERT / RoBERTa): transformers Auto class -> DynMask model class.
 AUTO_CLASSES = {getattr(transformers, auto_name): model for model, auto_name in AUTO_CLASS_NAMES.items()}

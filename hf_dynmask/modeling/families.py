@@ -23,9 +23,12 @@ from typing import Any, NamedTuple
 __all__ = [
     "DYNMASK_FAMILY",
     "HEADS",
+    "REFUSED_BECAUSE",
     "VERIFIED_FAMILIES",
     "Family",
+    "DYNAMIC_PADDING",
     "check_verified_family",
+    "packed_head_refusal",
     "family_of",
     "head_of",
     "position_start_of",
@@ -53,7 +56,7 @@ class Family(NamedTuple):
     heads: tuple[str, ...]  # keys of HEADS tested exact
     features: str  # what the tests exercise, for the README table
     pad_offset_positions: bool = False  # positions start at padding_idx + 1 (RoBERTa-style), else at 0
-    attention_sees_positions: bool = True  # the attention receives position_ids (packed rows' positions checked)
+    position_table: bool = False  # learned absolute positions: at most max_position_embeddings of them
 
 
 _DECODER = ("base", "causal-lm", "token-classification")
@@ -72,20 +75,53 @@ VERIFIED_FAMILIES: dict[str, Family] = {
     "phi3": Family(True, _DECODER, "grouped-query, sliding window"),
     "olmo2": Family(True, ("base", "causal-lm"), "grouped-query, q/k norms"),
     "gpt_neox": Family(True, _DECODER, "partial rotary, parallel residual"),
-    "gpt2": Family(True, _DECODER, "learned absolute positions, per-layer attention scaling"),
+    "gpt2": Family(True, _DECODER, "learned absolute positions, per-layer attention scaling", position_table=True),
     # encoders
-    "bert": Family(False, _ENCODER, "learned absolute positions"),
-    "roberta": Family(False, _ENCODER, "positions from padding_idx + 1", pad_offset_positions=True),
-    "xlm_roberta": Family(False, _ENCODER, "positions from padding_idx + 1", pad_offset_positions=True),
-    "distilbert": Family(False, _ENCODER, "learned absolute positions", attention_sees_positions=False),
-    "electra": Family(False, _ENCODER, "factorised embeddings"),
+    "bert": Family(False, _ENCODER, "learned absolute positions", position_table=True),
+    "roberta": Family(
+        False, _ENCODER, "positions from padding_idx + 1", pad_offset_positions=True, position_table=True
+    ),
+    "xlm_roberta": Family(
+        False, _ENCODER, "positions from padding_idx + 1", pad_offset_positions=True, position_table=True
+    ),
+    "distilbert": Family(False, _ENCODER, "learned absolute positions", position_table=True),
+    "electra": Family(False, _ENCODER, "factorised embeddings", position_table=True),
     "albert": Family(
-        False, _ENCODER, "shared layers, factorised embeddings (no gradient checkpointing in transformers)"
+        False,
+        _ENCODER,
+        "shared layers, factorised embeddings (no gradient checkpointing in transformers)",
+        position_table=True,
     ),
-    "modernbert": Family(
-        False, _ENCODER, "rotary, local (sliding window) attention on some layers", attention_sees_positions=False
-    ),
+    "modernbert": Family(False, _ENCODER, "rotary, local (sliding window) attention on some layers"),
 }
+
+
+#: Why some common families are refused, beyond "not verified", and what packs them instead.
+_NEVER_CALLS_THE_INTERFACE = (
+    "its disentangled attention never calls transformers' attention interface, so no attn_implementation reaches it "
+    "and packed sequences would attend to each other"
+)
+_SEQ2SEQ = (
+    "its positions are numbered over the whole row (an encoder-decoder); the DynMask seq2seq family packs BART and "
+    "Marian checkpoints exactly: AutoModelForSeq2SeqLM.from_pretrained(path, config=DynMaskSeq2SeqConfig."
+    "from_pretrained(path))"
+)
+REFUSED_BECAUSE: dict[str, str] = {
+    "deberta": _NEVER_CALLS_THE_INTERFACE,
+    "deberta_v2": _NEVER_CALLS_THE_INTERFACE,
+    "t5": "its relative position bias is computed over the whole row",
+    "mt5": "its relative position bias is computed over the whole row",
+    "bart": _SEQ2SEQ,
+    "mbart": _SEQ2SEQ,
+    "marian": _SEQ2SEQ,
+}
+
+#: What to do instead of packing a model that cannot take packed rows.
+DYNAMIC_PADDING = (
+    "Use dynamic padding instead: make_collator(tokenizer, task, mode='dynamic') (or transformers' "
+    "DataCollatorWithPadding), with group_by_length=True or DynMaskTrainingArguments(token_budget=...) for less "
+    "padding"
+)
 
 
 def family_of(obj: Any) -> str | None:
@@ -159,15 +195,43 @@ def position_start_of(config: Any) -> int:
     return 0
 
 
-def check_verified_family(module: Any) -> str:
-    """Return the family of ``module``, or raise ``ValueError`` if dynmask_varlen is not verified on it."""
-    family = family_of(module)
+def check_verified_family(module: Any, family: str | None = None) -> str:
+    """Return the family of ``module`` (or the given ``family``), or raise ``ValueError`` if dynmask_varlen is not
+    verified on it."""
+    family = family_of(module) if family is None else family
     if family == DYNMASK_FAMILY or family in VERIFIED_FAMILIES:
         return family
+    reason = REFUSED_BECAUSE.get(family or "")
     raise ValueError(
         f"attn_implementation='dynmask_varlen' is not verified on {type(module).__name__} "
-        f"(family {family or type(module).__module__!r}): its attention may pass arguments the varlen kernel does not "
-        f"honour, so it is refused rather than run approximately. Verified families: {sorted(VERIFIED_FAMILIES)}. "
+        f"(family {family or type(module).__module__!r})"
+        + (f": {reason}" if reason else ": its attention may pass arguments the varlen kernel does not honour")
+        + f". It is refused rather than run approximately. Verified families: {sorted(VERIFIED_FAMILIES)}. "
         "Load this model with attn_implementation='sdpa' (or 'eager') and use padded batches "
         "(make_collator(..., mode='dynamic'))"
+    )
+
+
+def packed_head_refusal(model: Any) -> str | None:
+    """Why a stock model of a verified family cannot take packed rows because of its head, or None if it can.
+
+    Only per-token heads are verified with packed rows (:data:`HEADS`); a head that pools or indexes each row
+    (sequence classification, multiple choice, question answering) would score a row of several sequences as one.
+    """
+    family = stock_family_of(model)
+    info = VERIFIED_FAMILIES.get(family or "")
+    if info is None or head_of(model) in info.heads:
+        return None
+    hint = ""
+    if family in ("bert", "roberta"):
+        hint = (
+            ". For BERT or RoBERTa checkpoints a DynMask model pools per sequence: "
+            "AutoModelForSequenceClassification.from_pretrained(path, config=DynMaskConfig.from_pretrained(path))"
+        )
+    return (
+        f"{type(model).__name__} cannot take packed batches: only per-token heads of {family} are verified with "
+        f"packed rows ({', '.join(info.heads)}); this head pools or indexes whole rows (or is not one of "
+        "transformers' stock heads), so a row of several sequences would be scored as one, with or without labels. "
+        + DYNAMIC_PADDING
+        + hint
     )

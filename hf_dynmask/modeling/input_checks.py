@@ -1,15 +1,15 @@
-"""Checks of what the DynMask models are given, with errors that name the input and say what to do.
+"""Checks of what the DynMask models' tables can take: token ids, token types, labels, answer spans.
 
-Model-side module: imports only torch and transformers (it is saved next to a model as remote code).
+Model-side module: imports only torch, transformers and relative siblings (it is saved next to a model as remote code).
 
-Two kinds of checks, so validation costs nothing per layer:
+The batch's structure (rows, padding, boundaries, positions) is the batch contract's (:mod:`.batch`); this module
+checks the values a model looks up in its own tables. Two kinds of checks, so validation costs nothing per layer:
 
 - **types and shapes** (:func:`check_encoder_inputs`, the ``dtype`` part of the label checks): Python only, no
   device work;
-- **values** (token ids inside the vocabulary, positions inside the position table, restarting positions, padding
-  on one side, labels inside the classes): reduced on the device to a few integers and read back to the host in
-  **one** transfer per check, once per forward, before any layer runs. The packed path reads them together with its
-  boundaries (:func:`read_packed_boundaries`), so it still makes one host read. The slow path (which row, which
+- **values** (token ids inside the vocabulary, labels inside the classes): reduced on the device to a few integers
+  and read back to the host in **one** transfer per check, once per forward, before any layer runs. The id ranges are
+  read in the batch contract's transfer (:func:`id_stats`, :func:`raise_for_ids`). The slow path (which row, which
   value) runs only when a check fails.
 
 Dimension legend:
@@ -21,69 +21,44 @@ from __future__ import annotations
 import torch
 from transformers.utils import logging
 
+from .batch import is_integer, require_integer, require_tensor
+
 logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100  # the label value transformers' losses skip
 
 __all__ = [
+    "IGNORE_INDEX",
     "check_answer_positions",
     "check_encoder_inputs",
-    "check_padded_values",
     "check_sequence_labels",
     "check_token_labels",
-    "read_packed_boundaries",
+    "id_stats",
+    "raise_for_ids",
 ]
 
-
-def _is_integer(tensor: torch.Tensor) -> bool:
-    return not (tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool)
-
-
-def _require_tensor(value, name: str, what: str) -> None:
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor ({what}), got {type(value).__name__}; {_TENSOR_HINT[name]}")
-
+_is_integer = is_integer
 
 _TENSOR_HINT = {
     "input_ids": "tokenize first, e.g. tokenizer(texts, return_tensors='pt') or an hf_dynmask collator",
     "inputs_embeds": "pass a float tensor (batch, seq_len, hidden_size)",
-    "attention_mask": "pass torch.tensor(mask) (1 at real tokens, 0 at padding)",
     "token_type_ids": "pass torch.tensor(token_type_ids)",
-    "position_ids": "pass torch.tensor(position_ids), or leave them out",
-    "cu_seq_lens_q": "pass torch.tensor(boundaries, dtype=torch.int32), as hf_dynmask's packed collator does",
-    "cu_seq_lens_k": "pass torch.tensor(boundaries, dtype=torch.int32), as hf_dynmask's packed collator does",
-    "seq_idx": "pass torch.tensor(seq_idx), as hf_dynmask's packed collator does",
     "labels": "collate the labels with the batch (an hf_dynmask collator returns tensors)",
     "start_positions": "collate the positions with the batch (hf_dynmask's question-answering collator)",
     "end_positions": "collate the positions with the batch (hf_dynmask's question-answering collator)",
 }
 
 
-def _require_integer(tensor: torch.Tensor, name: str) -> None:
-    if not _is_integer(tensor):
-        raise ValueError(
-            f"{name} must hold integers, got dtype {tensor.dtype}; "
-            + (
-                "token ids are integer indices: do not cast them to float"
-                if name in ("input_ids", "token_type_ids")
-                else f"convert with {name}.long()"
-            )
-        )
+def _require_tensor(value, name: str, what: str) -> None:
+    require_tensor(value, name, what, _TENSOR_HINT[name])
 
 
-def check_encoder_inputs(
-    config,
-    input_ids,
-    inputs_embeds,
-    attention_mask,
-    token_type_ids,
-    position_ids,
-    cu_seq_lens_q,
-    cu_seq_lens_k,
-    seq_idx,
-) -> torch.Tensor:
-    """Types, dtypes and shapes of the encoder's inputs (no device work). Returns the ``(B, T)`` reference tensor
-    (``input_ids``, or ``inputs_embeds[..., 0]``) every other input must match."""
+_require_integer = require_integer
+
+
+def check_encoder_inputs(config, input_ids, inputs_embeds, token_type_ids) -> torch.Tensor:
+    """Types, dtypes and shapes of the encoder's token inputs (no device work). Returns the ``(B, T)`` reference
+    tensor (``input_ids``, or ``inputs_embeds[..., 0]``) every other input must match."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids or inputs_embeds")
     if input_ids is not None:
@@ -105,44 +80,22 @@ def check_encoder_inputs(
                 f"{tuple(inputs_embeds.shape)}; they replace the word embeddings (model.get_input_embeddings())"
             )
         reference = inputs_embeds[..., 0]
-    if reference.shape[1] == 0:
-        raise ValueError("the batch has no tokens (seq_len 0); drop empty examples before batching")
-    shape = tuple(reference.shape)
-    if attention_mask is not None:
-        _require_tensor(attention_mask, "attention_mask", "(batch, seq_len)")
-        if tuple(attention_mask.shape) != shape:
+    if token_type_ids is not None:
+        _require_tensor(token_type_ids, "token_type_ids", "(batch, seq_len)")
+        _require_integer(token_type_ids, "token_type_ids")
+        if tuple(token_type_ids.shape) != tuple(reference.shape):
             raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} must match input_ids {shape}: a 2-D mask with 1 at "
-                "real tokens and 0 at padding (DynMask builds the 4-D attention mask itself)"
+                f"token_type_ids {tuple(token_type_ids.shape)} must match input_ids {tuple(reference.shape)}"
             )
-    for name, value in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
-        if value is None:
-            continue
-        _require_tensor(value, name, "(batch, seq_len)")
-        _require_integer(value, name)
-        if tuple(value.shape) != shape and not (name == "position_ids" and tuple(value.shape) == (1, shape[1])):
-            raise ValueError(f"{name} {tuple(value.shape)} must match input_ids {shape}")
-    for name, value in (("cu_seq_lens_q", cu_seq_lens_q), ("cu_seq_lens_k", cu_seq_lens_k), ("seq_idx", seq_idx)):
-        if value is None:
-            continue
-        _require_tensor(value, name, "int32 (num_seqs + 1,)" if name != "seq_idx" else "(1, total_tokens)")
-        _require_integer(value, name)
-    if cu_seq_lens_q is not None and cu_seq_lens_q.dim() != 1:
-        raise ValueError(
-            f"cu_seq_lens_q must be 1-D (num_seqs + 1,), got shape {tuple(cu_seq_lens_q.shape)}; one packed row per "
-            "batch (hf_dynmask's packed collator)"
-        )
-    if seq_idx is not None and tuple(seq_idx.reshape(1, -1).shape) != (1, shape[1]):
-        raise ValueError(f"seq_idx {tuple(seq_idx.shape)} must give one sequence id per token of input_ids {shape}")
     return reference
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Values, one host read
+# Token ids, read with the batch contract's values
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _id_stats(input_ids: torch.Tensor | None, token_type_ids: torch.Tensor | None) -> list[torch.Tensor]:
+def id_stats(input_ids: torch.Tensor | None, token_type_ids: torch.Tensor | None) -> list[torch.Tensor]:
     """Minimum and maximum of the token ids and the token type ids (0-d int64 tensors, still on the device)."""
     stats = []
     for tensor in (input_ids, token_type_ids):
@@ -152,8 +105,8 @@ def _id_stats(input_ids: torch.Tensor | None, token_type_ids: torch.Tensor | Non
     return stats
 
 
-def _raise_for_ids(config, input_ids, token_type_ids, values: list[int]) -> None:
-    """Raise for the first id outside its table; ``values`` are :func:`_id_stats`' numbers, read back."""
+def raise_for_ids(config, input_ids, token_type_ids, values: list[int]) -> None:
+    """Raise for the first id outside its table; ``values`` are :func:`id_stats`' numbers, read back."""
     checks = []
     if input_ids is not None:
         checks.append(("input_ids", config.vocab_size, "config.vocab_size"))
@@ -177,109 +130,6 @@ def _raise_for_ids(config, input_ids, token_type_ids, values: list[int]) -> None
                 f"token_type_ids hold {high}, but the model has {size} token type(s) ({field}); models with one "
                 "type (RoBERTa) take none: tokenize with return_token_type_ids=False or drop token_type_ids"
             )
-
-
-def check_padded_values(config, input_ids, token_type_ids, position_ids, attention_mask) -> None:
-    """Values of a padded batch, read in one transfer; ``attention_mask`` ``(B, T)``, ``position_ids`` ``(B, T)``
-    or ``None``.
-
-    Refused: ids outside their tables; a mask that is not 0/1; a row without a real token; padding between real
-    tokens (DynMask pads on one side); positions outside the table; and **positions that restart between real
-    tokens** (several sequences in one row: without boundaries they would attend to each other, with or without
-    padding after them).
-    """
-    stats = _id_stats(input_ids, token_type_ids)
-    num_id_stats = len(stats)
-    real = attention_mask.bool()  # (B, T)
-    seqlen = real.shape[1]
-    lens = real.sum(dim=1)  # (B,)
-    index = torch.arange(seqlen, device=real.device)
-    first = torch.where(real, index, seqlen).amin(dim=1)
-    last = torch.where(real, index, -1).amax(dim=1)
-    stats += [
-        lens.min(),
-        lens.max(),
-        ((last - first + 1 != lens) & (lens > 0)).sum(),  # rows with padding between real tokens
-    ]
-    if attention_mask.dtype != torch.bool:
-        stats.append(((attention_mask != 0) & (attention_mask != 1)).sum())
-    if position_ids is not None:
-        positions = position_ids.long()
-        both_real = real[:, 1:] & real[:, :-1]  # (B, T - 1)
-        stats += [
-            (both_real & (positions[:, 1:] <= positions[:, :-1])).sum(),  # restarts between real tokens
-            torch.where(real, positions, torch.iinfo(torch.int64).max).amin(),
-            torch.where(real, positions, -1).amax(),
-        ]
-    values = torch.stack([s.long() for s in stats]).tolist()  # the one host read
-    _raise_for_ids(config, input_ids, token_type_ids, values[:num_id_stats])
-    shortest, longest, holes, *rest = values[num_id_stats:]
-    bad_values = rest.pop(0) if attention_mask.dtype != torch.bool else 0
-    if bad_values:
-        raise ValueError(
-            "attention_mask must hold 1 at real tokens and 0 at padding, got other values (an additive mask?); pass "
-            "the tokenizer's attention_mask"
-        )
-    if shortest == 0:
-        rows = torch.nonzero(lens == 0).flatten().tolist()
-        raise ValueError(f"rows {rows[:10]} of attention_mask have no real token; drop empty examples before batching")
-    if holes:
-        rows = torch.nonzero((last - first + 1 != lens) & (lens > 0)).flatten().tolist()
-        raise ValueError(
-            f"rows {rows[:10]} of attention_mask have padding between real tokens; DynMask reads padding on one side "
-            "(left or right). Several sequences in one row are a packed batch: pass their boundaries "
-            "(cu_seq_lens_q, e.g. hf_dynmask.make_collator(..., mode='packed'))"
-        )
-    if position_ids is None:
-        highest = config.position_start + longest - 1
-        lowest = config.position_start
-    else:
-        restarts, lowest, highest = rest
-        if restarts:
-            raise ValueError(
-                "position_ids restart inside a row but no sequence boundaries were given: this looks like a packed "
-                "batch. Pass cu_seq_lens_q (or seq_idx), e.g. with hf_dynmask.make_collator(..., mode='packed') or "
-                "DataCollatorWithFlattening(return_flash_attn_kwargs=True); otherwise sequences would attend to "
-                "each other"
-            )
-    _check_position_range(config, lowest, highest)
-
-
-def _check_position_range(config, lowest: int, highest: int) -> None:
-    if lowest < 0:
-        raise ValueError(f"position_ids hold {lowest}; positions cannot be negative (leave position_ids out)")
-    if highest >= config.max_position_embeddings:
-        raise ValueError(
-            f"a sequence is longer than the model can number: position {highest} >= max_position_embeddings="
-            f"{config.max_position_embeddings} (at most {config.max_seqlen} tokens per sequence); truncate at "
-            "tokenization (truncation=True, max_length=...)"
-        )
-
-
-def read_packed_boundaries(config, cu_seqlens, num_tokens: int, input_ids, token_type_ids) -> list[int]:
-    """The boundaries of a packed row as Python ints, checked, read in one transfer with the id checks.
-
-    ``cu_seqlens`` must be 1-D, start at 0, end at ``num_tokens`` and increase strictly; the longest sequence must
-    fit the position table.
-    """
-    stats = _id_stats(input_ids, token_type_ids)
-    if stats and stats[0].device == cu_seqlens.device:
-        values = torch.cat([cu_seqlens.long(), torch.stack(stats)]).tolist()  # the one host read
-        bounds, id_values = values[: cu_seqlens.numel()], values[cu_seqlens.numel() :]
-    else:
-        bounds = cu_seqlens.tolist()
-        id_values = torch.stack(stats).tolist() if stats else []
-    if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != num_tokens:
-        raise ValueError(
-            f"cu_seq_lens_q must start at 0 and end at the row's {num_tokens} tokens, got {bounds[:8]}"
-            f"{'...' if len(bounds) > 8 else ''}; build packed batches with hf_dynmask's packed collator"
-        )
-    lens = [end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
-    if min(lens) < 1:
-        raise ValueError("cu_seq_lens_q must be strictly increasing: every packed sequence needs >= 1 token")
-    _raise_for_ids(config, input_ids, token_type_ids, id_values)
-    _check_position_range(config, config.position_start, config.position_start + max(lens) - 1)
-    return bounds
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -272,7 +272,7 @@ def pad_index_from_cu_seqlens(cu_seqlens: torch.Tensor, max_seqlen: int | None =
 
 def unpad(padded: torch.Tensor, index: UnpadIndex) -> torch.Tensor:
     """Gather the real tokens of ``padded`` ``(B, T, ...)`` into ``(N, ...)``. Differentiable."""
-    flat = padded.reshape(index.batch_size * index.seqlen, *padded.shape[2:])
+    flat = padded.reshape(-1, *padded.shape[2:])  # (B * T, ...): the tensor's own sizes (symbolic under compile)
     return flat.index_select(0, index.indices)
 
 

@@ -7,18 +7,26 @@ Dimension legend:
     B  padded batch rows    T  padded length    N  real (packed) tokens    S  sequences    h  hidden size
     H  heads                D  head dim         V  vocabulary              C  classes
 
-Three ways a batch reaches the encoder, all giving the same values at real tokens:
+Three ways a batch reaches the encoder, all giving the same values at real tokens (the batch contract of
+:mod:`.batch` decides which, once per forward):
 
 - **static** (``config.masking="static"``, padded input): every position is computed, padding included, with a
   ``(B, 1, T, T)`` mask, as classic BERT does;
 - **dynamic** (``config.masking="dynamic"``, padded input): the padding is stripped once, before the embeddings;
   every layer runs on the ``N`` real tokens and the output is scattered back to ``(B, T, ...)`` (zeros at padding);
-- **packed** (input of shape ``(1, N)`` with ``cu_seq_lens_q``, from hf_dynmask's packed collator): no padding
+- **packed** (input of shape ``(1, N)`` with ``cu_seq_lens_q`` or ``seq_idx``, from hf_dynmask's packed collator;
+  for a causal model also rows whose ``position_ids`` restart, transformers' padding-free convention): no padding
   anywhere; outputs keep the packed shape, per-sequence outputs (pooled, QA logits) have one row per sequence.
 
-Attention backends (``attn_implementation``): ``"eager"`` (explicit softmax over an additive mask, the reference),
-``"sdpa"`` and ``"dynmask_varlen"`` (SDPA; packed tokens go through :func:`~.attention.varlen_attention`),
-``"flash_attention_2"`` (flash-attn varlen kernels, CUDA) and ``"flex_attention"`` (a document ``BlockMask``).
+Attention backends (``attn_implementation``, :data:`~.backends.FAMILY_BACKENDS`): ``"eager"`` (explicit softmax,
+the reference), ``"sdpa"`` and ``"dynmask_varlen"`` (SDPA; packed tokens go through
+:func:`~.attention.varlen_attention`), ``"flash_attention_2"`` (flash-attn varlen kernels, CUDA) and
+``"flex_attention"`` (a document ``BlockMask``).
+
+Arguments follow transformers' models: ``output_attentions`` returns every layer's weights (computed by the eager
+kernel, on every backend; a padded batch then runs with its padding, as static masking does, so the weights have the
+stock ``(B, H, T, T)`` shape), ``output_hidden_states`` every layer's input and output, ``return_dict=False`` a
+tuple; an argument the model does not know is refused with the closest known name, never ignored.
 """
 
 from __future__ import annotations
@@ -27,7 +35,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import transformers.utils
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
@@ -38,80 +45,51 @@ from transformers.modeling_outputs import (
     MaskedLMOutput,
     QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
-    TokenClassifierOutput,
 )
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 
-from .attention import (
-    ATTN_IMPLEMENTATION,
-    VarlenPlan,
-    flex_attention,
-    plan_varlen,
-    register_attention,
-    varlen_attention,
-)
-from .backends import AttentionBackendHooks
-from .batching import eager_attention
-from .configuration_dynmask import DynMaskConfig, did_you_mean
+from .attention import AttentionLayout, attend, dense_mask, plan_varlen
+from .backends import FLASH_IMPLEMENTATIONS, AttentionBackendHooks, backend_of
+from .batch import BatchLayout, BatchRules, describe_batch, refuse_unknown_arguments
+from .configuration_dynmask import DynMaskConfig
 from .input_checks import (
     check_answer_positions,
     check_encoder_inputs,
-    check_padded_values,
     check_sequence_labels,
     check_token_labels,
-    read_packed_boundaries,
+    id_stats,
+    raise_for_ids,
 )
-from .layout import (
-    UnpadIndex,
-    cu_seqlens_from_seq_idx,
-    pad_index_from_cu_seqlens,
-    position_ids_from_cu_seqlens,
-    repad,
-    seq_idx_from_cu_seqlens,
-    unpad,
-    unpad_index,
-)
-from .masks import document, padding_to_bool_4d, to_additive, to_block_mask
+from .layout import pad_index_from_cu_seqlens, repad, unpad
+from .masks import and_masks, causal, document, padding, padding_to_bool_4d, to_block_mask
+from .outputs import DynMaskTokenClassifierOutput
 from .saving import add_auto_map, auto_map_of, register_for_auto_classes
+from .stock import register_attention
 
 logger = logging.get_logger(__name__)
 
 register_attention()
 
-FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
-SUPPORTED_IMPLEMENTATIONS = ("eager", "sdpa", ATTN_IMPLEMENTATION, "flex_attention", *FLASH_IMPLEMENTATIONS)
-
-
-def _refuse_unsupported(attn_implementation: str | None) -> None:
-    if attn_implementation is not None and attn_implementation not in SUPPORTED_IMPLEMENTATIONS:
-        raise ValueError(
-            f"attn_implementation={attn_implementation!r} is not supported by DynMask; choose one of "
-            f"{SUPPORTED_IMPLEMENTATIONS}" + did_you_mean(attn_implementation, SUPPORTED_IMPLEMENTATIONS)
-        )
-
-
-def _flash_attn_available(attn_implementation: str) -> bool:
-    """transformers' own availability check of the flash-attn package the name asks for (and a device for it)."""
-    check = getattr(transformers.utils, f"is_flash_attn_{attn_implementation[-1]}_available", None)
-    return bool(check is not None and check())
-
-
-class EncoderBatch(NamedTuple):
-    """What every layer needs to know about the batch, resolved once per forward.
-
-    ``packed``: hidden states are ``(N, h)`` and attention follows ``cu_seqlens`` (``plan`` for the SDPA/eager
-    kernels, ``block_mask`` for flex). Otherwise hidden states are ``(B, T, h)`` and ``attention_mask`` is the
-    backend's 4-D form (bool ``(B, 1, T, T)``, True = may attend, for SDPA; additive for eager; a ``BlockMask`` for
-    flex; the 2-D ``(B, T)`` mask for flash-attn, which unpads it itself).
-    """
-
-    packed: bool
-    cu_seqlens: torch.Tensor | None = None  # int32 (S + 1,)
-    max_seqlen: int = 0
-    plan: VarlenPlan | None = None
-    block_mask: object | None = None
-    attention_mask: torch.Tensor | None = None
+#: What every forward of the family takes besides a head's own arguments (for the did-you-mean of unknown ones).
+ENCODER_ARGUMENTS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "position_ids",
+    "inputs_embeds",
+    "cu_seq_lens_q",
+    "cu_seq_lens_k",
+    "max_length_q",
+    "max_length_k",
+    "seq_idx",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "labels",
+    "start_positions",
+    "end_positions",
+    "num_items_in_batch",
+)
 
 
 @dataclass
@@ -121,7 +99,8 @@ class DynMaskModelOutput(BaseModelOutputWithPooling):
     Every field is indexed by the rows of the input, as transformers' outputs are (pipelines and the Trainer split
     and stack them per row): ``last_hidden_state`` follows the input, ``(B, T, h)`` padded (zeros at padding under
     dynamic masking) or ``(1, N, h)`` packed; ``first_token_state`` and ``pooler_output`` are ``(B, h)`` padded (each
-    row's first real token, whatever the padding side) or ``(S, h)`` packed, one row per sequence.
+    row's first real token, whatever the padding side) or ``(S, h)`` packed, one row per sequence; ``attentions``
+    ``(B, H, T, T)`` or ``(1, H, N, N)`` per layer.
     """
 
     first_token_state: torch.Tensor | None = None
@@ -130,55 +109,19 @@ class DynMaskModelOutput(BaseModelOutputWithPooling):
 class EncoderResult(NamedTuple):
     """What the encoder hands its heads (:meth:`DynMaskModel._encode_inputs`); internal, never a model output.
 
-    Under dynamic masking of a padded batch, ``packed_hidden_state`` ``(N, h)`` and ``unpad_index`` are the real
-    tokens before they were scattered back to ``(B, T, h)``, so per-token heads run on real tokens only
-    (:meth:`DynMaskPreTrainedModel._per_token`); None otherwise. ``seq_idx`` is set for packed batches.
+    ``layout`` is the batch as the encoder ran it. Under dynamic masking of a padded batch, ``packed_hidden_state``
+    ``(N, h)`` is the real tokens' output before it was scattered back to ``(B, T, h)``, so per-token heads run on real
+    tokens only (:meth:`DynMaskPreTrainedModel._per_token`). ``return_dict`` is the caller's choice, resolved.
     """
 
     output: DynMaskModelOutput
+    layout: BatchLayout
     packed_hidden_state: torch.Tensor | None = None  # (N, h)
-    unpad_index: UnpadIndex | None = None
-    seq_idx: torch.Tensor | None = None  # int32 (N,): a packed batch's sequence of each token
+    return_dict: bool = True
 
-
-class PaddedLayout(NamedTuple):
-    """A padded batch computed in full (static masking), checked once per forward."""
-
-    real: torch.Tensor  # bool (B, T): True at real tokens
-    position_ids: torch.Tensor  # int64 (B, T)
-    allowed: torch.Tensor | object  # bool (B, 1, T, T), True = may attend; a BlockMask for flex
-    inputs: tuple  # (input_ids, inputs_embeds, token_type_ids), see _marked
-
-
-class UnpaddedLayout(NamedTuple):
-    """A padded batch whose padding is stripped before the embeddings (dynamic masking), checked once per forward."""
-
-    index: UnpadIndex
-    position_ids: torch.Tensor  # int64 (N,)
-    batch: EncoderBatch
-    inputs: tuple  # (input_ids, inputs_embeds, token_type_ids), see _marked
-
-
-class PackedBatchLayout(NamedTuple):
-    """A packed row, checked once per forward."""
-
-    cu_seqlens: torch.Tensor  # int32 (S + 1,)
-    position_ids: torch.Tensor  # int64 (N,)
-    seq_idx: torch.Tensor  # int32 (N,)
-    batch: EncoderBatch
-    inputs: tuple  # (input_ids, inputs_embeds, token_type_ids), see _marked
-
-
-@dataclass
-class DynMaskTokenClassifierOutput(TokenClassifierOutput):
-    """[`TokenClassifierOutput`]; for a packed batch also ``seq_idx`` ``(1, N)`` int32, the sequence of every token.
-
-    The Trainer gathers every output next to the logits, so ``compute_metrics`` gets each packed row's boundaries
-    with its predictions (:func:`hf_dynmask.training.evaluation.per_example_tokens`) and never scores a pack of
-    sequences as one example. None for padded batches.
-    """
-
-    seq_idx: torch.Tensor | None = None
+    def finish(self, output):
+        """A head's output, as a tuple when the caller asked for one (``return_dict=False``)."""
+        return output if self.return_dict else output.to_tuple()
 
 
 def _mark_dynamic(tensor: torch.Tensor | None, *dims: int) -> None:
@@ -187,26 +130,15 @@ def _mark_dynamic(tensor: torch.Tensor | None, *dims: int) -> None:
         torch._dynamo.maybe_mark_dynamic(tensor, list(dims))
 
 
-def _marked(inputs: tuple, compiling: bool, *dims: int) -> tuple:
-    """The model inputs for the compiled graph after the layout call: under compile, views of them with ``dims``
-    marked dynamic (marking the caller's own tensors would make the frames that already saw them recompile when
-    the same tensors come back); as given otherwise."""
-    if not compiling:
-        return inputs
-    views = tuple(None if t is None else t.view_as(t) for t in inputs)
-    for view in views:
-        _mark_dynamic(view, *dims)
-    return views
-
-
-def _check_implementation(config: DynMaskConfig) -> str:
-    name = config._attn_implementation or "sdpa"
-    if name not in SUPPORTED_IMPLEMENTATIONS:
-        raise ValueError(
-            f"attn_implementation={name!r} is not supported by DynMask; choose one of {SUPPORTED_IMPLEMENTATIONS}"
-            + did_you_mean(name, SUPPORTED_IMPLEMENTATIONS)
-        )
-    return name
+def _marked(tensor: torch.Tensor | None, compiling: bool, *dims: int) -> torch.Tensor | None:
+    """A tensor for the compiled graph after the layout call: under compile, a view of it with ``dims`` marked
+    dynamic (marking the caller's own tensors would make the frames that already saw them recompile when the same
+    tensors come back); as given otherwise."""
+    if not compiling or tensor is None:
+        return tensor
+    view = tensor.view_as(tensor)
+    _mark_dynamic(view, *dims)
+    return view
 
 
 class DynMaskEmbeddings(nn.Module):
@@ -245,52 +177,26 @@ class DynMaskSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor, batch: EncoderBatch) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, attention: AttentionLayout, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``hidden_states`` ``(N, h)`` packed or ``(B, T, h)`` padded; returns the same shape and the weights."""
         heads_shape = (*hidden_states.shape[:-1], self.num_heads, self.head_dim)
         q, k, v = (proj(hidden_states).view(heads_shape) for proj in (self.query, self.key, self.value))
-        dropout = self.dropout.p if self.training else 0.0
-        name = _check_implementation(self.config)
-
-        if batch.packed:  # q, k, v: (N, H, D)
-            if name == "flex_attention":
-                qkv = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # (1, H, N, D)
-                out = flex_attention(*qkv, batch.block_mask, scaling=self.scaling)[0]
-            elif name in FLASH_IMPLEMENTATIONS:
-                attention = ALL_ATTENTION_FUNCTIONS[name]
-                out, _ = attention(
-                    self,
-                    *(t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)),  # (1, H, N, D)
-                    batch.block_mask,
-                    dropout=dropout,
-                    scaling=self.scaling,
-                    is_causal=self.is_causal,
-                    cu_seq_lens_q=batch.cu_seqlens,
-                    cu_seq_lens_k=batch.cu_seqlens,
-                    max_length_q=batch.max_seqlen,
-                    max_length_k=batch.max_seqlen,
-                )
-                out = out[0]  # (N, H, D)
-            else:
-                out = varlen_attention(
-                    q,
-                    k,
-                    v,
-                    batch.plan,
-                    scaling=self.scaling,
-                    dropout_p=dropout,
-                    is_causal=self.is_causal,
-                    kernel="eager" if name == "eager" else "sdpa",
-                    training=self.training,
-                )
-            return out.reshape(*hidden_states.shape)
-
-        # Padded: (B, H, T, D), transformers' attention functions.
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        if name == "flex_attention":
-            return flex_attention(q, k, v, batch.attention_mask, scaling=self.scaling).reshape(*hidden_states.shape)
-        attention = eager_attention if name == "eager" else ALL_ATTENTION_FUNCTIONS[name]
-        out, _ = attention(self, q, k, v, batch.attention_mask, dropout=dropout, scaling=self.scaling)
-        return out.reshape(*hidden_states.shape)
+        if not attention.packed:
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        out, weights = attend(
+            self,
+            q,
+            k,
+            v,
+            attention,
+            scaling=self.scaling,
+            dropout_p=self.dropout.p if self.training else 0.0,
+            is_causal=self.is_causal,
+            output_attentions=output_attentions,
+        )
+        return out.reshape(*hidden_states.shape), weights
 
 
 class DynMaskSelfOutput(nn.Module):
@@ -310,8 +216,9 @@ class DynMaskAttention(nn.Module):
         self.self = DynMaskSelfAttention(config)
         self.output = DynMaskSelfOutput(config)
 
-    def forward(self, hidden_states: torch.Tensor, batch: EncoderBatch) -> torch.Tensor:
-        return self.output(self.self(hidden_states, batch), hidden_states)
+    def forward(self, hidden_states: torch.Tensor, attention: AttentionLayout, output_attentions: bool = False):
+        attended, weights = self.self(hidden_states, attention, output_attentions)
+        return self.output(attended, hidden_states), weights
 
 
 class DynMaskIntermediate(nn.Module):
@@ -337,9 +244,9 @@ class DynMaskLayer(GradientCheckpointingLayer):
         self.intermediate = DynMaskIntermediate(config)
         self.output = DynMaskOutput(config)
 
-    def forward(self, hidden_states: torch.Tensor, batch: EncoderBatch) -> torch.Tensor:
-        attention_output = self.attention(hidden_states, batch)
-        return self.output(self.intermediate(attention_output), attention_output)
+    def forward(self, hidden_states: torch.Tensor, attention: AttentionLayout, output_attentions: bool = False):
+        attention_output, weights = self.attention(hidden_states, attention, output_attentions)
+        return self.output(self.intermediate(attention_output), attention_output), weights
 
 
 class DynMaskEncoder(nn.Module):
@@ -347,13 +254,16 @@ class DynMaskEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([DynMaskLayer(config) for _ in range(config.num_hidden_layers)])
 
-    def forward(self, hidden_states, batch, output_hidden_states=False):
+    def forward(self, hidden_states, attention: AttentionLayout, output_hidden_states=False, output_attentions=False):
         all_hidden = [hidden_states] if output_hidden_states else None
+        all_weights = [] if output_attentions else None
         for layer in self.layer:
-            hidden_states = layer(hidden_states, batch)
+            hidden_states, weights = layer(hidden_states, attention, output_attentions)
             if output_hidden_states:
                 all_hidden.append(hidden_states)
-        return hidden_states, all_hidden
+            if output_attentions:
+                all_weights.append(weights)
+        return hidden_states, all_hidden, all_weights
 
 
 class DynMaskPooler(nn.Module):
@@ -375,6 +285,7 @@ class DynMaskPreTrainedModel(AttentionBackendHooks, PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    _dynmask_family = "encoder"
     _no_split_modules = ["DynMaskEmbeddings", "DynMaskLayer"]
     # BERT / RoBERTa checkpoints of older transformers versions store the ``position_ids`` buffer of their embeddings,
     # which DynMask does not keep (positions are computed per batch); the stock models skip it silently too.
@@ -421,11 +332,11 @@ class DynMaskPreTrainedModel(AttentionBackendHooks, PreTrainedModel):
         for the output. ``shift=True`` (causal LM) shifts the labels inside each padded row first, so no label is
         predicted across sequences. Returns ``(output logits, loss logits, loss labels, shift_labels)``.
         """
-        if encoded.unpad_index is None:
+        if encoded.layout.kind != "unpadded":
             logits = head(encoded.output.last_hidden_state)
             return logits, logits, labels, None
         batch_size, seqlen = encoded.output.last_hidden_state.shape[:2]  # symbolic under torch.compile
-        index = encoded.unpad_index._replace(batch_size=batch_size, seqlen=seqlen)
+        index = encoded.layout.index._replace(batch_size=batch_size, seqlen=seqlen)
         packed_logits = head(encoded.packed_hidden_state)  # (N, C)
         loss_labels = shift_labels = None
         if labels is not None:
@@ -440,17 +351,6 @@ class DynMaskPreTrainedModel(AttentionBackendHooks, PreTrainedModel):
                 loss_labels = unpad(labels, index)
         return repad(packed_logits, index), packed_logits, loss_labels, shift_labels
 
-    def _refuse_attn_implementation(self, attn_implementation: str | None) -> None:
-        """Unknown names, Hub kernels, and flash without the flash-attn package (transformers would fetch a Hub
-        kernel instead): DynMask's flash path is tested with the flash-attn package only."""
-        _refuse_unsupported(attn_implementation)
-        if attn_implementation in FLASH_IMPLEMENTATIONS and not _flash_attn_available(attn_implementation):
-            raise ImportError(
-                f"attn_implementation={attn_implementation!r} needs flash-attn on a CUDA GPU, which this environment "
-                "lacks: pip install 'hf-dynmask[flash]' (Hub flash kernels are not verified with DynMask). On other "
-                "devices use 'dynmask_varlen' (exact packed attention without flash-attn)."
-            )
-
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """transformers' ``from_pretrained``, also reading RoBERTa checkpoints (``roberta.`` weight prefix)."""
@@ -463,7 +363,7 @@ class DynMaskModel(DynMaskPreTrainedModel):
 
     Works under ``torch.compile(model)`` with batches of changing shapes: the checks, index maps and attention plan
     that depend on the values of the boundaries or the mask are built in one call per forward kept out of the
-    compiled graphs (``_layout_*``, ``torch.compiler.disable``), their varying dimensions are marked dynamic, and
+    compiled graphs (:meth:`_layout`, ``torch.compiler.disable``), their varying dimensions are marked dynamic, and
     under compile the packed attention plan has one structure for every batch (a single length group, every field
     filled), so the graph after that call is reused for new shapes.
     """
@@ -493,6 +393,7 @@ class DynMaskModel(DynMaskPreTrainedModel):
         max_length_q: int | None = None,
         max_length_k: int | None = None,
         seq_idx: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -506,12 +407,12 @@ class DynMaskModel(DynMaskPreTrainedModel):
             cu_seq_lens_q / cu_seq_lens_k: int32 ``(S + 1,)`` boundaries of a packed row (transformers' names for
                 ``cu_seqlens``). ``seq_idx`` ``(1, N)`` states the same boundaries and is accepted instead.
             max_length_q / max_length_k: the longest sequence of a packed row (recomputed from the boundaries).
+            output_attentions / output_hidden_states / return_dict: as in transformers' models.
 
-        Inputs are checked once per forward, before any layer (:mod:`.input_checks`): ids inside their tables,
-        positions inside the position table and never restarting between real tokens of a padded row (several
-        sequences in one row need boundaries), padding on one side of each row.
+        Inputs are checked once per forward, before any layer, against the batch contract (:mod:`.batch`) and the
+        model's tables (:mod:`.input_checks`).
         """
-        return self._encode_inputs(
+        encoded = self._encode_inputs(
             input_ids,
             attention_mask,
             token_type_ids,
@@ -519,9 +420,15 @@ class DynMaskModel(DynMaskPreTrainedModel):
             inputs_embeds,
             cu_seq_lens_q=cu_seq_lens_q,
             cu_seq_lens_k=cu_seq_lens_k,
+            max_length_q=max_length_q,
+            max_length_k=max_length_k,
             seq_idx=seq_idx,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
-        ).output
+            return_dict=return_dict,
+            **kwargs,
+        )
+        return encoded.finish(encoded.output)
 
     def _encode_inputs(
         self,
@@ -535,200 +442,177 @@ class DynMaskModel(DynMaskPreTrainedModel):
         max_length_q: int | None = None,
         max_length_k: int | None = None,
         seq_idx: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> EncoderResult:
         """:meth:`forward` for the heads: the output plus what per-token heads need (:class:`EncoderResult`)."""
-        output_hidden_states = bool(output_hidden_states)
-        reference = check_encoder_inputs(
-            self.config,
-            input_ids,
-            inputs_embeds,
+        refuse_unknown_arguments(kwargs, ENCODER_ARGUMENTS, type(self).__name__)
+        config = self.config
+        output_attentions = bool(config.output_attentions if output_attentions is None else output_attentions)
+        output_hidden = bool(config.output_hidden_states if output_hidden_states is None else output_hidden_states)
+        return_dict = config.return_dict if return_dict is None else bool(return_dict)
+        reference = check_encoder_inputs(config, input_ids, inputs_embeds, token_type_ids)
+        layout, attention, inputs = self._layout(
+            reference,
             attention_mask,
-            token_type_ids,
             position_ids,
             cu_seq_lens_q,
             cu_seq_lens_k,
             seq_idx,
+            (input_ids, inputs_embeds, token_type_ids),
+            torch.compiler.is_compiling(),
+            output_attentions,
         )
-        compiling = torch.compiler.is_compiling()
-        inputs = (input_ids, inputs_embeds, token_type_ids)
-        if cu_seq_lens_q is not None or cu_seq_lens_k is not None or seq_idx is not None:
-            layout = self._layout_packed(
-                reference, attention_mask, position_ids, cu_seq_lens_q, cu_seq_lens_k, seq_idx, inputs, compiling
-            )
-            return self._forward_packed(*layout.inputs, layout, output_hidden_states)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(reference, dtype=torch.long)
-        if position_ids is not None:
-            position_ids = position_ids.expand(reference.shape)  # a (1, T) row serves every row
-        if self.config.masking == "dynamic" or _check_implementation(self.config) in FLASH_IMPLEMENTATIONS:
-            layout = self._layout_unpadded(attention_mask, position_ids, inputs, compiling)
-            return self._forward_dynamic(*layout.inputs, layout, output_hidden_states)
-        layout = self._layout_padded(attention_mask, position_ids, inputs, compiling)
-        return self._forward_static(*layout.inputs, layout, output_hidden_states)
-
-    # -- the three paths -------------------------------------------------------------------------------------------
-
-    def _forward_static(self, input_ids, inputs_embeds, token_type_ids, layout: PaddedLayout, output_hidden):
-        """Every position computed, padding included, with a ``(B, 1, T, T)`` mask."""
-        if inputs_embeds is not None:
+        input_ids, inputs_embeds, token_type_ids = inputs
+        if layout.kind == "padded" and inputs_embeds is not None and layout.real is not None:
             # Padding is computed here but never attended to; zeros keep a non-finite value there (which the
             # dynamic path never reads) from reaching real tokens through the attention's values.
             inputs_embeds = inputs_embeds.masked_fill(~layout.real[..., None], 0.0)
-        hidden = self.embeddings(input_ids, inputs_embeds, layout.position_ids, token_type_ids)  # (B, T, h)
-        name = _check_implementation(self.config)
-        mask = to_additive(layout.allowed, hidden.dtype) if name == "eager" else layout.allowed
-        hidden, all_hidden = self.encoder(hidden, EncoderBatch(packed=False, attention_mask=mask), output_hidden)
-        first = layout.real.long().argmax(dim=1)  # first real token of each row, either padding side
-        first_token_state = hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
-        return EncoderResult(self._output(hidden, first_token_state, all_hidden))
-
-    def _forward_dynamic(self, input_ids, inputs_embeds, token_type_ids, layout: UnpaddedLayout, output_hidden):
-        """Padding stripped before the embeddings, restored at the output (zeros at padding)."""
-        # The padded shape read from the input (symbolic under torch.compile) rather than the index's ints.
-        batch_size, seqlen = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
-        index = layout.index._replace(batch_size=batch_size, seqlen=seqlen)
         hidden = self.embeddings(
-            None if input_ids is None else unpad(input_ids, index),
-            None if inputs_embeds is None else unpad(inputs_embeds, index),
-            layout.position_ids,
-            None if token_type_ids is None else unpad(token_type_ids, index),
-        )  # (N, h)
-        hidden, all_hidden = self.encoder(hidden, layout.batch, output_hidden)
-        first_token_state = hidden.index_select(0, index.cu_seqlens[:-1].long())
-        output = self._output(
-            repad(hidden, index),
-            first_token_state,
-            None if all_hidden is None else [repad(h, index) for h in all_hidden],
-        )
-        return EncoderResult(output, hidden, index)
-
-    def _forward_packed(self, input_ids, inputs_embeds, token_type_ids, layout: PackedBatchLayout, output_hidden):
-        """One row of ``N`` packed tokens; outputs keep the packed shape, one pooled row per sequence."""
-        hidden = self.embeddings(
-            None if input_ids is None else input_ids[0],
-            None if inputs_embeds is None else inputs_embeds[0],
-            layout.position_ids,
-            None if token_type_ids is None else token_type_ids[0],
-        )  # (N, h)
-        hidden, all_hidden = self.encoder(hidden, layout.batch, output_hidden)
-        first_token_state = hidden.index_select(0, layout.cu_seqlens[:-1].long())
-        all_hidden = None if all_hidden is None else [h.unsqueeze(0) for h in all_hidden]
-        return EncoderResult(self._output(hidden.unsqueeze(0), first_token_state, all_hidden), seq_idx=layout.seq_idx)
-
-    # -- the per-batch layouts: every check and data-dependent index of a forward, out of compiled graphs ----------
-
-    @torch.compiler.disable
-    def _layout_padded(self, attention_mask, position_ids, inputs, compiling: bool) -> PaddedLayout:
-        check_padded_values(self.config, inputs[0], inputs[2], position_ids, attention_mask)
-        real = attention_mask.bool()
-        if position_ids is None:
-            # Positions restart at every sequence's first real token, so left and right padding agree.
-            position_ids = (real.long().cumsum(1) - 1).clamp(min=0) + self.config.position_start
-        causal = bool(self.config.is_decoder)
-        if _check_implementation(self.config) == "flex_attention":
-            from .masks import and_masks, padding
-            from .masks import causal as causal_fn
-
-            mask_fn = and_masks(padding(real), causal_fn()) if causal else padding(real)
-            allowed = to_block_mask(mask_fn, real.shape[0], real.shape[1], real.shape[1], device=real.device)
+            layout.flat(input_ids), layout.flat(inputs_embeds), layout.position_ids, layout.flat(token_type_ids)
+        )  # (N, h) run packed, (B, T, h) padded
+        hidden, all_hidden, all_weights = self.encoder(hidden, attention, output_hidden, output_attentions)
+        if layout.runs_packed:
+            first_token_state = hidden.index_select(0, layout.cu_seqlens[:-1].long())  # (S, h)
         else:
-            allowed = padding_to_bool_4d(real, causal=causal)  # (B, 1, T, T), True = may attend
-            if compiling:
-                _mark_dynamic(allowed, 0, 2, 3)
-        if compiling:
-            real, position_ids = real.view_as(real), position_ids.view_as(position_ids)
-            _mark_dynamic(real, 0, 1)
-            _mark_dynamic(position_ids, 0, 1)
-        return PaddedLayout(real, position_ids, allowed, _marked(inputs, compiling, 0, 1))
-
-    @torch.compiler.disable
-    def _layout_unpadded(self, attention_mask, position_ids, inputs, compiling: bool) -> UnpaddedLayout:
-        check_padded_values(self.config, inputs[0], inputs[2], position_ids, attention_mask)
-        index = unpad_index(attention_mask)
-        if position_ids is None:
-            packed_positions = position_ids_from_cu_seqlens(index.cu_seqlens, self.config.position_start)
-        else:  # the padded batch's own positions (checked above), as static masking and stock BERT use them
-            packed_positions = unpad(position_ids, index)
-        batch = self._packed_batch(index.cu_seqlens, index.max_seqlen, attention_mask.device, compiling)
-        if compiling:
-            for tensor in (index.indices, index.cu_seqlens, packed_positions):
-                _mark_dynamic(tensor, 0)
-        return UnpaddedLayout(index, packed_positions, batch, _marked(inputs, compiling, 0, 1))
-
-    @torch.compiler.disable
-    def _layout_packed(
-        self, reference, attention_mask, position_ids, cu_seq_lens_q, cu_seq_lens_k, seq_idx, inputs, compiling: bool
-    ) -> PackedBatchLayout:
-        if cu_seq_lens_k is not None and cu_seq_lens_q is not None and not torch.equal(cu_seq_lens_k, cu_seq_lens_q):
-            raise ValueError("DynMask is an encoder with self-attention: cu_seq_lens_k must equal cu_seq_lens_q")
-        cu_seqlens = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
-        if cu_seqlens is None:
-            cu_seqlens = cu_seqlens_from_seq_idx(seq_idx)
-        if reference.shape[0] != 1:
-            raise ValueError(
-                f"a packed batch is one row of concatenated sequences (input_ids of shape (1, total_tokens)), got "
-                f"shape {tuple(reference.shape)}; use hf_dynmask's packed collator"
-            )
-        if attention_mask is not None and not bool(attention_mask.bool().all()):
-            raise ValueError(
-                "packed batch (cu_seq_lens_q) with a padding attention_mask: a packed row has no padding. Drop "
-                "attention_mask, or use the dynamic-padding collator instead of the packed one"
-            )
-        num_tokens = reference.shape[1]
-        # The one host read of these checks: the boundaries, with the token id ranges.
-        bounds = read_packed_boundaries(self.config, cu_seqlens, num_tokens, inputs[0], inputs[2])
-        lens = [end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
-        cu_seqlens = cu_seqlens.to(torch.int32)
-        positions = self._packed_positions(None if position_ids is None else position_ids[0], cu_seqlens)
-        seq_idx = seq_idx_from_cu_seqlens(cu_seqlens)
-        batch = self._packed_batch(cu_seqlens, max(lens), reference.device, compiling)
-        if compiling:
-            cu_seqlens = cu_seqlens.view_as(cu_seqlens)  # .to(int32) may have returned the caller's tensor
-            for tensor in (cu_seqlens, positions, seq_idx):
-                _mark_dynamic(tensor, 0)
-        return PackedBatchLayout(cu_seqlens, positions, seq_idx, batch, _marked(inputs, compiling, 1))
-
-    # -- helpers ---------------------------------------------------------------------------------------------------
-
-    def _packed_positions(self, position_ids: torch.Tensor | None, cu_seqlens: torch.Tensor) -> torch.Tensor:
-        """The ``(N,)`` positions of packed tokens: restarting at each sequence, the given ones checked to do so."""
-        expected = position_ids_from_cu_seqlens(cu_seqlens, self.config.position_start)
-        if position_ids is not None and not torch.equal(position_ids, expected):
-            raise ValueError(
-                "position_ids do not restart at each sequence of the packed batch at "
-                f"config.position_start={self.config.position_start}; build the batch with hf_dynmask's packed "
-                "collator (position_start=config.position_start) or leave position_ids out"
-            )
-        return expected
-
-    def _output(self, hidden, first_token_state, all_hidden):
-        pooled = self.pooler(first_token_state) if self.pooler is not None else None
-        return DynMaskModelOutput(
-            last_hidden_state=hidden,
-            pooler_output=pooled,
-            hidden_states=None if all_hidden is None else tuple(all_hidden),
+            first = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)
+            if layout.real is not None:
+                first = layout.real.long().argmax(dim=1)  # first real token of each row, either padding side
+            first_token_state = hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
+        output = DynMaskModelOutput(
+            last_hidden_state=self._to_input_shape(hidden, layout, input_ids, inputs_embeds),
+            pooler_output=self.pooler(first_token_state) if self.pooler is not None else None,
+            hidden_states=None
+            if all_hidden is None
+            else tuple(self._to_input_shape(h, layout, input_ids, inputs_embeds) for h in all_hidden),
+            attentions=None if all_weights is None else tuple(all_weights),
             first_token_state=first_token_state,
         )
+        packed_hidden = hidden if layout.kind == "unpadded" else None
+        return EncoderResult(output, layout, packed_hidden, return_dict)
 
-    def _packed_batch(self, cu_seqlens: torch.Tensor, max_seqlen: int, device, compiling: bool) -> EncoderBatch:
-        """What the attention of every layer needs for ``N`` packed tokens (built here, once per forward)."""
-        name = _check_implementation(self.config)
+    @staticmethod
+    def _to_input_shape(hidden, layout: BatchLayout, input_ids, inputs_embeds) -> torch.Tensor:
+        """Layer outputs in the input's shape; the padded shape read from the input (symbolic under compile)."""
+        if layout.kind != "unpadded":
+            return layout.output(hidden)
+        batch_size, seqlen = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        return repad(hidden, layout.index._replace(batch_size=batch_size, seqlen=seqlen))
+
+    # -- the per-batch layout: every check and data-dependent index of a forward, out of compiled graphs ------------
+
+    def batch_rules(self, output_attentions: bool = False) -> BatchRules:
+        """What this model reads from a batch (:class:`~.batch.BatchRules`): its first position and position table;
+        a causal model reads restarting positions as boundaries; dynamic masking (and flash-attn) strips padding,
+        except when attention weights are asked for, which keep the padded layout."""
+        config = self.config
+        unpad = config.masking == "dynamic" or backend_of(config, "encoder") in FLASH_IMPLEMENTATIONS
+        return BatchRules(
+            position_start=config.position_start,
+            max_positions=config.max_position_embeddings,
+            reads_restarts=bool(config.is_decoder),
+            unpad=unpad and not output_attentions,
+        )
+
+    @torch.compiler.disable
+    def _layout(
+        self,
+        reference,
+        attention_mask,
+        position_ids,
+        cu_seq_lens_q,
+        cu_seq_lens_k,
+        seq_idx,
+        inputs,
+        compiling: bool,
+        output_attentions: bool,
+    ) -> tuple[BatchLayout, AttentionLayout, tuple]:
+        """The batch contract, the token id checks (read in the same transfer) and the attention layout."""
+        input_ids, _, token_type_ids = inputs
+        stats = id_stats(input_ids, token_type_ids)
+        layout = describe_batch(
+            tuple(reference.shape),
+            rules=self.batch_rules(output_attentions),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cu_seq_lens_q=cu_seq_lens_q,
+            cu_seq_lens_k=cu_seq_lens_k,
+            seq_idx=seq_idx,
+            device=reference.device,
+            value_stats=stats,
+            check_values=lambda values: raise_for_ids(self.config, input_ids, token_type_ids, values),
+        )
+        attention = self._attention_layout(layout, reference.device, compiling, output_attentions)
+        if compiling:
+            layout = self._marked_layout(layout)
+            inputs = tuple(_marked(t, True, *((1,) if layout.kind == "packed" else (0, 1))) for t in inputs)
+        return layout, attention, inputs
+
+    @staticmethod
+    def _marked_layout(layout: BatchLayout) -> BatchLayout:
+        """The layout's varying sizes marked dynamic for the compiled graph (views, the caller's tensors untouched)."""
+        if layout.kind == "padded":
+            return layout._replace(
+                real=_marked(layout.real, True, 0, 1), position_ids=_marked(layout.position_ids, True, 0, 1)
+            )
+        index = layout.index
+        if index is not None:
+            index = index._replace(
+                indices=_marked(index.indices, True, 0), cu_seqlens=_marked(index.cu_seqlens, True, 0)
+            )
+        return layout._replace(
+            cu_seqlens=_marked(layout.cu_seqlens, True, 0),
+            position_ids=_marked(layout.position_ids, True, 0),
+            index=index,
+        )
+
+    def _attention_layout(
+        self, layout: BatchLayout, device, compiling: bool, output_attentions: bool
+    ) -> AttentionLayout:
+        """How every layer's attention sees the batch (built here, once per forward)."""
+        name = backend_of(self.config, "encoder")
+        causal_attention = bool(self.config.is_decoder)
+        if not layout.runs_packed:  # padded rows
+            real = layout.real
+            if name == "flex_attention" and not output_attentions:
+                rows, length = layout.batch_size, layout.seqlen
+                real_mask = real if real is not None else torch.ones(rows, length, dtype=torch.bool, device=device)
+                mask_fn = and_masks(padding(real_mask), causal()) if causal_attention else padding(real_mask)
+                return AttentionLayout(name, mask=to_block_mask(mask_fn, rows, length, length, device=device))
+            kernel = "eager" if name == "eager" or output_attentions else "sdpa"
+            if real is None:
+                if output_attentions or (causal_attention and kernel == "eager"):
+                    mask = dense_mask(
+                        layout.batch_size, layout.seqlen, layout.seqlen, device=device, is_causal=causal_attention
+                    )
+                    return AttentionLayout(kernel, mask=mask)
+                return AttentionLayout(kernel, is_causal=causal_attention)
+            allowed = padding_to_bool_4d(real, causal=causal_attention)  # (B, 1, T, T), True = may attend
+            if causal_attention:  # padding query rows attend to every real key: no fully masked row
+                allowed = allowed | ~real[:, None, :, None]
+            if compiling:
+                _mark_dynamic(allowed, 0, 2, 3)
+            return AttentionLayout(kernel, mask=allowed)
+        cu_seqlens, max_seqlen = layout.cu_seqlens, layout.max_seqlen
+        if output_attentions:
+            rows = layout.batch_size
+            seq_idx = layout.seq_idx.view(rows, -1)
+            mask = dense_mask(
+                rows, seq_idx.shape[1], seq_idx.shape[1], device=device, is_causal=causal_attention, seq_idx=seq_idx
+            )
+            return AttentionLayout("eager", packed=True, mask=mask)
         if name == "flex_attention":
-            from .masks import and_masks
-            from .masks import causal as causal_fn
-
-            seq_idx = seq_idx_from_cu_seqlens(cu_seqlens)
-            mask_fn = document(seq_idx)
-            if self.config.is_decoder:
-                mask_fn = and_masks(mask_fn, causal_fn())
-            num_tokens = seq_idx.numel()
+            mask_fn = document(layout.seq_idx)
+            if causal_attention:
+                mask_fn = and_masks(mask_fn, causal())
+            num_tokens = layout.seq_idx.numel()
             block_mask = to_block_mask(mask_fn, 1, num_tokens, num_tokens, device=device)
-            return EncoderBatch(True, cu_seqlens, max_seqlen, block_mask=block_mask)
+            return AttentionLayout(name, packed=True, mask=block_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
         if name in FLASH_IMPLEMENTATIONS:
-            return EncoderBatch(True, cu_seqlens, max_seqlen)
+            return AttentionLayout(name, packed=True, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+        kernel = "eager" if name == "eager" else "sdpa"
         if compiling:
             # One length group with every field filled: the same plan structure (and so the same graph) for every
             # batch; its sizes are marked dynamic. Attention then pads each sequence to the batch's longest.
@@ -739,9 +623,10 @@ class DynMaskModel(DynMaskPreTrainedModel):
                 _mark_dynamic(group.q_real, 0, 1)
                 _mark_dynamic(group.key_allowed, 0, 3)
             _mark_dynamic(plan.inverse, 0)
-            return EncoderBatch(True, cu_seqlens, max_seqlen, plan=plan)
-        ratio = 0.0 if name == "eager" else self.config.varlen_bucket_ratio
-        return EncoderBatch(True, cu_seqlens, max_seqlen, plan=plan_varlen(cu_seqlens, bucket_ratio=ratio))
+        else:
+            ratio = 0.0 if kernel == "eager" else self.config.varlen_bucket_ratio
+            plan = plan_varlen(cu_seqlens, bucket_ratio=ratio)
+        return AttentionLayout(kernel, packed=True, plan=plan, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -844,7 +729,11 @@ class DynMaskForMaskedLM(_DynMaskLMBase):
             loss = self.loss_function(
                 loss_logits, loss_labels, self.config.vocab_size, num_items_in_batch=num_items_in_batch
             )
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return encoded.finish(
+            MaskedLMOutput(
+                loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            )
+        )
 
 
 class DynMaskForCausalLM(_DynMaskLMBase):
@@ -884,7 +773,11 @@ class DynMaskForCausalLM(_DynMaskLMBase):
                 num_items_in_batch=num_items_in_batch,
                 shift_labels=shift_labels,
             )
-        return CausalLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return encoded.finish(
+            CausalLMOutput(
+                loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            )
+        )
 
 
 class DynMaskClassificationHead(nn.Module):
@@ -945,7 +838,11 @@ class DynMaskForSequenceClassification(DynMaskPreTrainedModel):
                     "label per sequence (hf_dynmask's sequence-classification collator)"
                 )
             loss = self._sequence_loss(labels, logits, num_items_in_batch)
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return encoded.finish(
+            SequenceClassifierOutput(
+                loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            )
+        )
 
     def _sequence_loss(self, labels, logits, num_items_in_batch):
         """transformers' sequence loss; with ``num_items_in_batch`` (the Trainer's count of labelled sequences over
@@ -1000,9 +897,16 @@ class DynMaskForTokenClassification(DynMaskPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(loss_logits, loss_labels, self.config, num_items_in_batch=num_items_in_batch)
-        seq_idx = None if encoded.seq_idx is None else encoded.seq_idx.unsqueeze(0)  # (1, N), packed batches only
-        return DynMaskTokenClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, seq_idx=seq_idx
+        layout = encoded.layout
+        seq_idx = layout.seq_idx.view(layout.batch_size, -1) if layout.kind == "packed" else None  # (1, N) packed
+        return encoded.finish(
+            DynMaskTokenClassifierOutput(
+                loss=loss,
+                logits=logits,
+                hidden_states=outputs.hidden_states,
+                attentions=outputs.attentions,
+                seq_idx=seq_idx,
+            )
         )
 
 
@@ -1043,12 +947,13 @@ class DynMaskForQuestionAnswering(DynMaskPreTrainedModel):
         encoded = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
         outputs = encoded.output
         logits = self.qa_outputs(outputs.last_hidden_state)  # (B, T, 2) or (1, N, 2)
-        cu_seqlens = kwargs.get("cu_seq_lens_q")
-        if cu_seqlens is None and kwargs.get("seq_idx") is not None:
-            cu_seqlens = cu_seqlens_from_seq_idx(kwargs["seq_idx"])
+        layout = encoded.layout
         min_value = torch.finfo(logits.dtype).min
-        if cu_seqlens is not None:
-            logits = repad(logits[0], pad_index_from_cu_seqlens(cu_seqlens), pad_value=min_value)  # (S, L, 2)
+        if layout.kind == "packed":
+            cu_seqlens = layout.cu_seqlens
+            logits = repad(
+                logits.reshape(-1, 2), pad_index_from_cu_seqlens(cu_seqlens), pad_value=min_value
+            )  # (S, L, 2)
             if start_positions is not None:
                 lens = cu_seqlens[1:] - cu_seqlens[:-1]  # (S,)
                 check_answer_positions(start_positions, end_positions, torch.zeros_like(lens), lens, logits.shape[1])
@@ -1063,8 +968,14 @@ class DynMaskForQuestionAnswering(DynMaskPreTrainedModel):
         loss = None
         if start_positions is not None and end_positions is not None:
             loss = self.loss_function(start_logits, end_logits, start_positions, end_positions)
-        return QuestionAnsweringModelOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=outputs.hidden_states
+        return encoded.finish(
+            QuestionAnsweringModelOutput(
+                loss=loss,
+                start_logits=start_logits,
+                end_logits=end_logits,
+                hidden_states=outputs.hidden_states,
+                attentions=outputs.attentions,
+            )
         )
 
 
@@ -1106,6 +1017,7 @@ __all__ = [
     "DynMaskModelOutput",
     "DynMaskPreTrainedModel",
     "DynMaskTokenClassifierOutput",
+    "ENCODER_ARGUMENTS",
     "EncoderResult",
     "auto_map",
 ]

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,50 +51,59 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 from transformers.utils import logging
 
-from .attention import ATTN_IMPLEMENTATION, VarlenPlan, plan_varlen, register_attention, varlen_attention
-from .backends import AttentionBackendHooks
-from .batching import check_max_position, check_packed_row, eager_attention, reject_unmarked_packing
+from .attention import AttentionLayout, attend, dense_mask, plan_varlen
+from .backends import AttentionBackendHooks, backend_of
+from .batch import (
+    DECODER_NAMES,
+    BatchLayout,
+    BatchRules,
+    check_pairs,
+    describe_batch,
+    refuse_unknown_arguments,
+)
 from .configuration_dynmask_seq2seq import DynMaskSeq2SeqConfig
-from .layout import UnpadIndex, cu_seqlens_from_seq_idx, position_ids_from_cu_seqlens, repad, unpad, unpad_index
-from .masks import padding_to_bool_4d, to_additive
+from .input_checks import IGNORE_INDEX
+from .layout import UnpadIndex, cu_seqlens_from_seq_idx, repad, unpad
+from .masks import padding_to_bool_4d
 from .saving import add_auto_map, register_for_auto_classes
+from .stock import register_attention
 
 logger = logging.get_logger(__name__)
 
 register_attention()
 
-SUPPORTED_IMPLEMENTATIONS = ("eager", "sdpa", ATTN_IMPLEMENTATION)
-IGNORE_INDEX = -100
 
-
-def _refuse_unsupported(attn_implementation: str | None) -> None:
-    if attn_implementation is not None and attn_implementation not in SUPPORTED_IMPLEMENTATIONS:
-        raise ValueError(
-            f"attn_implementation={attn_implementation!r} is not supported by DynMask's seq2seq family; choose "
-            f"one of {SUPPORTED_IMPLEMENTATIONS} (packed batches always run the exact varlen kernel)"
-        )
-
+#: What the family's forwards take (for the did-you-mean of unknown arguments).
+SEQ2SEQ_ARGUMENTS = (
+    "input_ids",
+    "attention_mask",
+    "decoder_input_ids",
+    "decoder_attention_mask",
+    "encoder_outputs",
+    "cache",
+    "past_key_values",
+    "inputs_embeds",
+    "decoder_inputs_embeds",
+    "labels",
+    "use_cache",
+    "position_ids",
+    "decoder_position_ids",
+    "cu_seq_lens_q",
+    "cu_seq_lens_k",
+    "max_length_q",
+    "max_length_k",
+    "seq_idx",
+    "decoder_cu_seq_lens",
+    "decoder_seq_idx",
+    "decoder_max_length",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "num_items_in_batch",
+)
 
 #: Keys of a packed batch (hf_dynmask's seq2seq collator). ``generate`` refuses them: it works on padded input.
 PACKED_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "seq_idx", "decoder_cu_seq_lens", "decoder_seq_idx")
-
-
-def _check_implementation(config: DynMaskSeq2SeqConfig) -> str:
-    name = config._attn_implementation or "sdpa"
-    if name not in SUPPORTED_IMPLEMENTATIONS:
-        raise ValueError(
-            f"attn_implementation={name!r} is not supported by DynMask's seq2seq family; choose one of "
-            f"{SUPPORTED_IMPLEMENTATIONS} (packed batches always run the exact varlen kernel, on any device)"
-        )
-    return name
-
-
-def _refuse_attention_weights(output_attentions: bool | None) -> None:
-    if output_attentions:
-        raise ValueError(
-            "DynMask's seq2seq models do not return attention weights (the varlen kernel never materializes them); "
-            "load the stock model with attn_implementation='eager' to inspect attention"
-        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -102,140 +111,57 @@ def _refuse_attention_weights(output_attentions: bool | None) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class SideLayout(NamedTuple):
-    """One side (source or target) of a batch as the layers run it.
-
-    ``kind``:
-        ``"packed"``    the input is a packed row ``(1, N)``; layers see ``(N, h)`` tokens;
-        ``"unpadded"``  the input is padded ``(B, T)`` but runs packed (dynamic masking); layers see ``(N, h)``
-                        and ``index`` scatters them back;
-        ``"padded"``    layers see ``(B, T, h)``; ``real`` marks the real tokens.
-    """
-
-    kind: str
-    cu_seqlens: torch.Tensor | None = None  # int32 (S + 1,): "packed" / "unpadded"
-    max_seqlen: int = 0
-    index: UnpadIndex | None = None  # "unpadded"
-    real: torch.Tensor | None = None  # bool (B, T): "padded"; None when every token is real
-
-    @property
-    def runs_packed(self) -> bool:
-        return self.kind != "padded"
-
-    def flat(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
-        """A per-token input (``(B, T, ...)`` or ``(1, N, ...)``) in the layers' form: ``(N, ...)``, or as is."""
-        if tensor is None or self.kind == "padded":
-            return tensor
-        return tensor[0] if self.kind == "packed" else unpad(tensor, self.index)
-
-    def output(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Layer outputs back in the input's shape: ``(1, N, ...)`` packed, ``(B, T, ...)`` padded (zeros at padding
-        when it was stripped)."""
-        if self.kind == "packed":
-            return hidden.unsqueeze(0)
-        return repad(hidden, self.index) if self.kind == "unpadded" else hidden
+def batch_rules(config: DynMaskSeq2SeqConfig, unpad: bool, decoder: bool = False) -> BatchRules:
+    """What the family reads from either side of a batch (:class:`~.batch.BatchRules`): positions from 0, each
+    sequence's own (given ones must agree), inside the position table; ``unpad`` strips the padding."""
+    return BatchRules(
+        max_positions=config.max_position_embeddings,
+        given_positions="checked",
+        unpad=unpad,
+        names=DECODER_NAMES if decoder else BatchRules().names,
+    )
 
 
-def _packed_side(reference, attention_mask, cu_seqlens, seq_idx, name) -> SideLayout | None:
-    """The layout of a packed row, or None when neither boundary argument is given."""
-    if cu_seqlens is None and seq_idx is not None:
-        cu_seqlens = cu_seqlens_from_seq_idx(seq_idx)
-    if cu_seqlens is None:
-        return None
-    cu_seqlens, max_seqlen = check_packed_row(reference, attention_mask, cu_seqlens, name)
-    return SideLayout("packed", cu_seqlens, max_seqlen)
-
-
-def _padded_side(reference: torch.Tensor, attention_mask, run_packed: bool, name: str, past: int = 0) -> SideLayout:
-    """The layout of a padded ``(B, T)`` input: stripped (``run_packed``) or computed in full. With a cache, the
-    attention mask covers the ``past`` cached positions too: ``(B, past + T)``."""
-    if reference.dim() != 2:
-        raise ValueError(f"{name} must be (batch, seq_len), got shape {tuple(reference.shape)}")
-    expected = (reference.shape[0], past + reference.shape[1])
-    if attention_mask is not None and tuple(attention_mask.shape) != expected:
-        raise ValueError(
-            f"the attention mask of {name} has shape {tuple(attention_mask.shape)}, expected {expected}"
-            + (f" (the {past} cached positions and the new ones)" if past else "")
-        )
-    if run_packed:
-        mask = attention_mask if attention_mask is not None else torch.ones_like(reference, dtype=torch.long)
-        index = unpad_index(mask)
-        return SideLayout("unpadded", index.cu_seqlens, index.max_seqlen, index=index)
-    real = None
-    if attention_mask is not None:
-        real = attention_mask.bool()
-        if not bool(real.any(dim=1).all()):
-            raise ValueError(f"a row of the {name} attention mask has no real token; drop empty examples first")
-        if bool(real.all()):
-            real = None
-    return SideLayout("padded", None, reference.shape[1], real=real)
-
-
-def _positions(side: SideLayout, reference: torch.Tensor, past: int = 0) -> torch.Tensor:
-    """Each token's position inside its own sequence, from 0: ``(N,)`` when run packed, ``(B, T)`` padded (from
-    ``past`` when a cache holds earlier positions; padding gets 0)."""
+def _self_layout(side: BatchLayout, kernel: str, ratio: float, causal: bool, weights: bool, device) -> AttentionLayout:
+    """Self-attention of one side: the varlen plan when it runs packed, else the backend's mask over its padding
+    (a decoder's queries being the last ``T`` of ``P + T`` keys over a cache). ``weights``: every mask whole, for the
+    eager kernel (:func:`~.attention.dense_mask`)."""
     if side.runs_packed:
-        return position_ids_from_cu_seqlens(side.cu_seqlens)
-    batch_size, seqlen = reference.shape[:2]
-    if side.real is None:
-        return torch.arange(past, past + seqlen, device=reference.device).expand(batch_size, -1)
-    return (side.real.long().cumsum(1) - 1).clamp(min=0)[:, -seqlen:]
-
-
-def _check_given_positions(given: torch.Tensor | None, expected: torch.Tensor, side: SideLayout, name: str) -> None:
-    """``position_ids`` are derived from the layout; given ones must agree (at real tokens), never replace them."""
-    if given is None:
-        return
-    if side.runs_packed:
-        given = side.flat(given)
-    if given.shape != expected.shape:
-        raise ValueError(f"{name} has shape {tuple(given.shape)}, expected {tuple(expected.shape)}")
-    real = None if side.real is None else side.real[:, -expected.shape[1] :]
-    agree = torch.equal(given, expected) if real is None else torch.equal(given[real], expected[real])
-    if not agree:
-        raise ValueError(
-            f"{name} must restart at 0 at the first real token of every sequence (as hf_dynmask's seq2seq "
-            "collator builds them); leave them out and the model numbers each sequence itself"
-        )
-
-
-class AttentionLayout(NamedTuple):
-    """How every layer's attention of one kind (encoder self, decoder self, cross) sees the batch.
-
-    Packed: ``plan`` for :func:`varlen_attention` over ``(N, H, D)`` tokens. Padded: ``mask`` in the backend's form,
-    bool ``(B, 1, Q, K)`` (True = may attend) for SDPA or additive for eager, None for no mask; ``is_causal`` asks
-    SDPA for its own causal mask (equal-length rows, no cache, no padding).
-    """
-
-    kernel: str  # "sdpa" or "eager"
-    plan: VarlenPlan | None = None
-    mask: torch.Tensor | None = None
-    is_causal: bool = False
-
-
-def _key_padding_layout(real: torch.Tensor | None, kernel: str, dtype: torch.dtype) -> AttentionLayout:
-    """Padded keys, every query alike: ``(B, 1, 1, K)``, or no mask when no key is padding."""
-    if real is None:
-        return AttentionLayout(kernel)
-    allowed = real[:, None, None, :]  # (B, 1, 1, K)
-    return AttentionLayout(kernel, mask=to_additive(allowed, dtype) if kernel == "eager" else allowed)
-
-
-def _causal_layout(real: torch.Tensor | None, q_len: int, k_len: int, kernel: str, dtype, device) -> AttentionLayout:
-    """Decoder self-attention over a padded target, the queries being the last ``q_len`` of ``k_len`` keys.
-
-    ``real``: bool ``(B, K)``, None when no key is padding. Query rows at padding positions may attend to every key
-    (their outputs are never used), so no row is fully masked: a fully masked row gives NaN in some kernels.
-    """
+        if weights:
+            seq_idx = side.seq_idx.view(side.batch_size, -1)  # (B, T)
+            length = seq_idx.shape[1]
+            mask = dense_mask(side.batch_size, length, length, device=device, is_causal=causal, seq_idx=seq_idx)
+            return AttentionLayout("eager", packed=True, mask=mask)
+        return AttentionLayout(kernel, packed=True, plan=plan_varlen(side.cu_seqlens, bucket_ratio=ratio))
+    real = side.real  # bool (B, P + T), None when no key is padding
+    q_len, k_len = side.seqlen, side.past + side.seqlen
+    if not causal:
+        return AttentionLayout(kernel, mask=None if real is None else real[:, None, None, :])  # (B, 1, 1, K)
     if real is None:
         if q_len == 1:
             return AttentionLayout(kernel)  # one new token sees every cached one
         if q_len == k_len and kernel == "sdpa":
             return AttentionLayout(kernel, is_causal=True)
-        real = torch.ones(1, k_len, dtype=torch.bool, device=device)
-    allowed = padding_to_bool_4d(real, q_len=q_len, causal=True)  # (B, 1, Q, K)
-    allowed = allowed | ~real[:, None, -q_len:, None]
-    return AttentionLayout(kernel, mask=to_additive(allowed, dtype) if kernel == "eager" else allowed)
+        return AttentionLayout(kernel, mask=dense_mask(1, q_len, k_len, device=device, is_causal=True))
+    # Query rows at padding positions may attend to every key (their outputs are never used), so no row is fully
+    # masked: a fully masked row gives NaN in some kernels.
+    allowed = padding_to_bool_4d(real, q_len=q_len, causal=True) | ~real[:, None, -q_len:, None]  # (B, 1, Q, K)
+    return AttentionLayout(kernel, mask=allowed)
+
+
+def _cross_layout(
+    target: BatchLayout, source: BatchLayout, kernel: str, ratio: float, weights: bool, device
+) -> AttentionLayout:
+    """Cross-attention: target ``s`` attends to source ``s`` only (packed), or to the source row's real tokens."""
+    if target.runs_packed:
+        if weights:
+            target_seq, source_seq = target.seq_idx.view(1, -1), source.seq_idx.view(1, -1)
+            mask = dense_mask(
+                1, target_seq.shape[1], source_seq.shape[1], device=device, seq_idx=target_seq, key_seq_idx=source_seq
+            )
+            return AttentionLayout("eager", packed=True, mask=mask)
+        return AttentionLayout(kernel, packed=True, plan=plan_varlen(target.cu_seqlens, source.cu_seqlens, ratio))
+    return AttentionLayout(kernel, mask=None if source.real is None else source.real[:, None, None, :])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -330,39 +256,31 @@ class DynMaskSeq2SeqAttention(nn.Module):
         layout: AttentionLayout,
         key_value_states: torch.Tensor | None = None,
         cache: Cache | None = None,
-    ) -> torch.Tensor:
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``hidden_states``: ``(N, h)`` packed or ``(B, Tq, h)`` padded; ``key_value_states`` the same for the keys
-        of cross-attention (the encoder output)."""
-        dropout = self.dropout if self.training else 0.0
+        of cross-attention (the encoder output). Returns the output in the same shape, and the weights."""
         kv_input = hidden_states if key_value_states is None else key_value_states
-        if layout.plan is not None:  # packed tokens
+        if layout.packed:
             q, k, v = (
                 proj(states).view(-1, self.num_heads, self.head_dim)
                 for proj, states in ((self.q_proj, hidden_states), (self.k_proj, kv_input), (self.v_proj, kv_input))
             )  # (N, H, D), (Nk, H, D)
-            out = varlen_attention(
-                q,
-                k,
-                v,
-                layout.plan,
-                scaling=self.scaling,
-                dropout_p=dropout,
-                is_causal=self.is_causal,
-                kernel=layout.kernel,
-                training=self.training,
-            )
-            return self.out_proj(out.reshape(-1, self.embed_dim))
-
-        batch_size, q_len = hidden_states.shape[:2]
-        q = self.q_proj(hidden_states).view(batch_size, q_len, self.num_heads, self.head_dim).transpose(1, 2)
-        k, v = self._keys_values(kv_input, cache)  # (B, H, K, D)
-        if layout.kernel == "eager":
-            out, _ = eager_attention(self, q, k, v, layout.mask, dropout=dropout, scaling=self.scaling)
         else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=layout.mask, dropout_p=dropout, is_causal=layout.is_causal, scale=self.scaling
-            ).transpose(1, 2)  # (B, Tq, H, D)
-        return self.out_proj(out.reshape(batch_size, q_len, self.embed_dim))
+            q = self._heads(self.q_proj, hidden_states)  # (B, H, Tq, D)
+            k, v = self._keys_values(kv_input, cache)  # (B, H, K, D)
+        out, weights = attend(
+            self,
+            q,
+            k,
+            v,
+            layout,
+            scaling=self.scaling,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=self.is_causal,
+            output_attentions=output_attentions,
+        )
+        return self.out_proj(out.reshape(*hidden_states.shape[:-1], self.embed_dim)), weights
 
     def _heads(self, proj: nn.Linear, states: torch.Tensor) -> torch.Tensor:
         return proj(states).view(*states.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, K, D)
@@ -413,13 +331,13 @@ class DynMaskSeq2SeqEncoderLayer(_FeedForward, GradientCheckpointingLayer):
         self.fc2 = nn.Linear(config.encoder_ffn_dim, config.d_model)
         self.final_layer_norm = nn.LayerNorm(config.d_model)
 
-    def forward(self, hidden_states: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
-        attended = self.self_attn(hidden_states, layout)
+    def forward(self, hidden_states: torch.Tensor, layout: AttentionLayout, output_attentions: bool = False):
+        attended, weights = self.self_attn(hidden_states, layout, output_attentions=output_attentions)
         hidden_states = self._feed_forward(self._sublayer(hidden_states, attended, self.self_attn_layer_norm))
         if hidden_states.dtype == torch.float16 and not torch.isfinite(hidden_states).all():
             clamp_value = torch.finfo(hidden_states.dtype).max - 1000  # as BART / Marian do in float16
             hidden_states = torch.clamp(hidden_states, min=-clamp_value, max=clamp_value)
-        return hidden_states
+        return hidden_states, weights
 
 
 class DynMaskSeq2SeqDecoderLayer(_FeedForward, GradientCheckpointingLayer):
@@ -444,12 +362,19 @@ class DynMaskSeq2SeqDecoderLayer(_FeedForward, GradientCheckpointingLayer):
         self_layout: AttentionLayout,
         cross_layout: AttentionLayout,
         cache: Cache | None = None,
-    ) -> torch.Tensor:
-        attended = self.self_attn(hidden_states, self_layout, cache=cache)
+        output_attentions: bool = False,
+    ):
+        """Returns the layer's output and, with ``output_attentions``, its self- and cross-attention weights."""
+        attended, self_weights = self.self_attn(
+            hidden_states, self_layout, cache=cache, output_attentions=output_attentions
+        )
         hidden_states = self._sublayer(hidden_states, attended, self.self_attn_layer_norm)
-        attended = self.encoder_attn(hidden_states, cross_layout, key_value_states=encoder_hidden_states, cache=cache)
+        attended, cross_weights = self.encoder_attn(
+            hidden_states, cross_layout, key_value_states=encoder_hidden_states, cache=cache,
+            output_attentions=output_attentions,
+        )  # fmt: skip
         hidden_states = self._sublayer(hidden_states, attended, self.encoder_attn_layer_norm)
-        return self._feed_forward(hidden_states)
+        return self._feed_forward(hidden_states), self_weights, cross_weights
 
 
 class _Stack(nn.Module):
@@ -471,8 +396,8 @@ class _Stack(nn.Module):
         self.layernorm_embedding = nn.LayerNorm(config.d_model) if config.seq2seq_style == "bart" else None
 
     def _embed(self, input_ids, inputs_embeds, position_ids) -> torch.Tensor:
-        """Inputs and positions of one shape, ``(N,)`` or ``(B, T)``; returns the layers' input."""
-        check_max_position(position_ids, self.config.max_position_embeddings, self.config.max_seqlen)
+        """Inputs and positions of one shape, ``(N,)`` or ``(B, T)`` (checked by the batch contract); returns the
+        layers' input."""
         if inputs_embeds is None:
             embeds = self.embed_tokens(input_ids) * self.token_scale
         else:
@@ -514,37 +439,55 @@ class DynMaskSeq2SeqEncoder(_Stack):
     ) -> BaseModelOutput:
         """``last_hidden_state`` follows the input: ``(B, T, h)`` (zeros at padding under dynamic masking) or
         ``(1, N, h)`` packed."""
-        _refuse_attention_weights(output_attentions)
+        config = self.config
+        output_attentions = bool(config.output_attentions if output_attentions is None else output_attentions)
+        output_hidden = bool(config.output_hidden_states if output_hidden_states is None else output_hidden_states)
         source = resolve_source(
-            self.config, input_ids, inputs_embeds, attention_mask, position_ids, cu_seq_lens_q, cu_seq_lens_k, seq_idx
+            config,
+            input_ids,
+            inputs_embeds,
+            attention_mask,
+            position_ids,
+            cu_seq_lens_q,
+            cu_seq_lens_k,
+            seq_idx,
+            unpad=config.masking == "dynamic" and not output_attentions,
         )
-        hidden, all_hidden = self.encode(source, input_ids, inputs_embeds, position_ids, bool(output_hidden_states))
+        hidden, all_hidden, all_weights = self.encode(
+            source, input_ids, inputs_embeds, output_hidden, output_attentions
+        )
         output = BaseModelOutput(
             last_hidden_state=source.output(hidden),
             hidden_states=None if all_hidden is None else tuple(source.output(h) for h in all_hidden),
+            attentions=None if all_weights is None else tuple(all_weights),
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output if (config.return_dict if return_dict is None else return_dict) else output.to_tuple()
 
-    def encode(self, source: SideLayout, input_ids, inputs_embeds, position_ids, output_hidden: bool = False):
-        """Embeddings and layers in the source's layout. Returns ``(N, h)`` or ``(B, T, h)``, and every layer's
-        input and output when ``output_hidden``."""
-        reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
-        positions = _positions(source, reference)
-        _check_given_positions(position_ids, positions, source, "position_ids")
-        hidden = self._embed(source.flat(input_ids), source.flat(inputs_embeds), positions)
-        kernel = "eager" if _check_implementation(self.config) == "eager" else "sdpa"
-        if source.runs_packed:
-            ratio = 0.0 if kernel == "eager" else self.config.varlen_bucket_ratio
-            layout = AttentionLayout(kernel, plan=plan_varlen(source.cu_seqlens, bucket_ratio=ratio))
-        else:
-            layout = _key_padding_layout(source.real, kernel, hidden.dtype)
+    def encode(
+        self,
+        source: BatchLayout,
+        input_ids,
+        inputs_embeds,
+        output_hidden: bool = False,
+        output_attentions: bool = False,
+    ):
+        """Embeddings and layers in the source's layout. Returns ``(N, h)`` or ``(B, T, h)``, every layer's input and
+        output when ``output_hidden``, and every layer's weights when ``output_attentions``."""
+        hidden = self._embed(source.flat(input_ids), source.flat(inputs_embeds), source.position_ids)
+        name = backend_of(self.config, "seq2seq")
+        kernel = "eager" if name == "eager" or output_attentions else "sdpa"
+        ratio = 0.0 if kernel == "eager" else self.config.varlen_bucket_ratio
+        layout = _self_layout(source, kernel, ratio, False, output_attentions, hidden.device)
         all_hidden = [hidden] if output_hidden else None
+        all_weights = [] if output_attentions else None
         for layer in self.layers:
             if not self._skip_layer():
-                hidden = layer(hidden, layout)
+                hidden, weights = layer(hidden, layout, output_attentions)
+                if output_attentions:
+                    all_weights.append(weights)
             if output_hidden:
                 all_hidden.append(hidden)
-        return hidden, all_hidden
+        return hidden, all_hidden, all_weights
 
 
 class DynMaskSeq2SeqDecoder(_Stack):
@@ -564,32 +507,47 @@ class DynMaskSeq2SeqDecoder(_Stack):
         cross_layout: AttentionLayout,
         cache: Cache | None = None,
         output_hidden: bool = False,
+        output_attentions: bool = False,
     ):
-        """``hidden_states`` are the embedded targets (:meth:`_embed`) in the layout ``self_layout`` describes."""
+        """``hidden_states`` are the embedded targets (:meth:`_embed`) in the layout ``self_layout`` describes.
+        Returns the output, every layer's input and output (``output_hidden``), and every layer's self- and
+        cross-attention weights (``output_attentions``)."""
         all_hidden = [hidden_states] if output_hidden else None
+        self_weights, cross_weights = ([], []) if output_attentions else (None, None)
         for layer in self.layers:
             if not self._skip_layer():
-                hidden_states = layer(hidden_states, encoder_hidden_states, self_layout, cross_layout, cache=cache)
+                hidden_states, layer_self, layer_cross = layer(
+                    hidden_states, encoder_hidden_states, self_layout, cross_layout, cache=cache,
+                    output_attentions=output_attentions,
+                )  # fmt: skip
+                if output_attentions:
+                    self_weights.append(layer_self)
+                    cross_weights.append(layer_cross)
             if output_hidden:
                 all_hidden.append(hidden_states)
-        return hidden_states, all_hidden
+        return hidden_states, all_hidden, self_weights, cross_weights
 
 
-def resolve_source(config, input_ids, inputs_embeds, attention_mask, position_ids, cu_q, cu_k, seq_idx) -> SideLayout:
-    """The source side's layout: packed (boundaries given), stripped (dynamic masking) or padded."""
+def resolve_source(
+    config, input_ids, inputs_embeds, attention_mask, position_ids, cu_q, cu_k, seq_idx, unpad: bool
+) -> BatchLayout:
+    """The source side's layout (the batch contract, :mod:`.batch`): packed (boundaries given), stripped
+    (``unpad``: dynamic masking) or padded."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids or inputs_embeds")
     reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
-    if cu_q is not None and cu_k is not None and not torch.equal(cu_q, cu_k):
-        raise ValueError(
-            "cu_seq_lens_q and cu_seq_lens_k describe the source's self-attention and must be equal; the targets' "
-            "boundaries go in decoder_cu_seq_lens (hf_dynmask's seq2seq collator)"
-        )
-    packed = _packed_side(reference, attention_mask, cu_q if cu_q is not None else cu_k, seq_idx, "cu_seq_lens_q")
-    if packed is not None:
-        return packed
-    reject_unmarked_packing(position_ids, attention_mask)
-    return _padded_side(reference, attention_mask, config.masking == "dynamic", "input_ids")
+    if reference.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(reference.shape)}")
+    return describe_batch(
+        tuple(reference.shape),
+        rules=batch_rules(config, unpad),
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        cu_seq_lens_q=cu_q,
+        cu_seq_lens_k=cu_k,
+        seq_idx=seq_idx,
+        device=reference.device,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -614,6 +572,7 @@ class DynMaskSeq2SeqPreTrainedModel(AttentionBackendHooks, PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_attention_backend = True
+    _dynmask_family = "seq2seq"
     _no_split_modules = ["DynMaskSeq2SeqEncoderLayer", "DynMaskSeq2SeqDecoderLayer"]
     _keys_to_ignore_on_load_unexpected = [r"encoder\.version", r"decoder\.version"]
 
@@ -632,9 +591,6 @@ class DynMaskSeq2SeqPreTrainedModel(AttentionBackendHooks, PreTrainedModel):
             init.copy_(module.weight, module.create_weight())
         elif isinstance(module, DynMaskSeq2SeqForConditionalGeneration):
             init.zeros_(module.final_logits_bias)
-
-    def _refuse_attn_implementation(self, attn_implementation: str | None) -> None:
-        _refuse_unsupported(attn_implementation)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' ``save_pretrained``, writing a folder that also loads where hf_dynmask is not installed.
@@ -731,51 +687,58 @@ class DynMaskSeq2SeqModel(DynMaskSeq2SeqPreTrainedModel):
                 boundaries).
         """
         cache = _pop_cache_alias(cache, kwargs)
-        _refuse_unknown(kwargs)
-        _refuse_attention_weights(output_attentions)
-        output_hidden = bool(output_hidden_states)
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        kernel = "eager" if _check_implementation(self.config) == "eager" else "sdpa"
-        ratio = 0.0 if kernel == "eager" else self.config.varlen_bucket_ratio
+        refuse_unknown_arguments(kwargs, SEQ2SEQ_ARGUMENTS, type(self).__name__)
+        config = self.config
+        output_attentions = bool(config.output_attentions if output_attentions is None else output_attentions)
+        output_hidden = bool(config.output_hidden_states if output_hidden_states is None else output_hidden_states)
+        use_cache = config.use_cache if use_cache is None else use_cache
+        name = backend_of(config, "seq2seq")
+        kernel = "eager" if name == "eager" or output_attentions else "sdpa"
+        ratio = 0.0 if kernel == "eager" else config.varlen_bucket_ratio
+        unpad = config.masking == "dynamic" and not output_attentions  # weights keep the padded layout
 
-        # -- the target side's layout (a padded decoder keeps a cache when asked) ---------------------------------
+        # -- the target side (a padded decoder keeps a cache when asked) ------------------------------------------
         if (decoder_input_ids is None) == (decoder_inputs_embeds is None):
             raise ValueError(
                 "pass exactly one of decoder_input_ids or decoder_inputs_embeds (or labels to the LM model, which "
                 "shifts them)"
             )
         target_ref = decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds[..., 0]
-        target = _packed_side(
-            target_ref, decoder_attention_mask, decoder_cu_seq_lens, decoder_seq_idx, "decoder_cu_seq_lens"
-        )
-        past = 0
-        if target is not None:
+        if target_ref.dim() != 2:
+            raise ValueError(f"decoder_input_ids must be (batch, seq_len), got shape {tuple(target_ref.shape)}")
+        packed_target = decoder_cu_seq_lens is not None or decoder_seq_idx is not None
+        if packed_target:
             if cache is not None:
                 raise ValueError("a packed target has no cache: packed batches are for training and scoring")
             use_cache = False
-        else:
-            if cache is None and use_cache:
-                cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
-            past = cache.get_seq_length() if cache is not None else 0
-            run_packed = self.config.masking == "dynamic" and cache is None
-            target = _padded_side(target_ref, decoder_attention_mask, run_packed, "decoder_input_ids", past=past)
+        elif cache is None and use_cache:
+            cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+        past = cache.get_seq_length() if cache is not None else 0
+        target = describe_batch(
+            tuple(target_ref.shape),
+            rules=batch_rules(config, unpad and cache is None, decoder=True),
+            attention_mask=decoder_attention_mask,
+            position_ids=decoder_position_ids,
+            cu_seq_lens_q=decoder_cu_seq_lens,
+            seq_idx=decoder_seq_idx,
+            past=past,
+            device=target_ref.device,
+        )
 
         # -- the source side, encoded here or given ------------------------------------------------------------------
+        encoder_weights = None
         if encoder_outputs is None:
             source = resolve_source(
-                self.config,
-                input_ids,
-                inputs_embeds,
-                attention_mask,
-                position_ids,
-                cu_seq_lens_q,
-                cu_seq_lens_k,
-                seq_idx,
+                config, input_ids, inputs_embeds, attention_mask, position_ids, cu_seq_lens_q, cu_seq_lens_k, seq_idx,
+                unpad=unpad,
+            )  # fmt: skip
+            encoded, encoder_all, encoder_weights = self.encoder.encode(
+                source, input_ids, inputs_embeds, output_hidden, output_attentions
             )
-            encoded, encoder_all = self.encoder.encode(source, input_ids, inputs_embeds, position_ids, output_hidden)
             encoder_outputs = BaseModelOutput(
                 last_hidden_state=source.output(encoded),
                 hidden_states=None if encoder_all is None else tuple(source.output(h) for h in encoder_all),
+                attentions=None if encoder_weights is None else tuple(encoder_weights),
             )
         else:
             if not isinstance(encoder_outputs, BaseModelOutput):
@@ -784,49 +747,50 @@ class DynMaskSeq2SeqModel(DynMaskSeq2SeqPreTrainedModel):
                     hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
                 )
             states = encoder_outputs.last_hidden_state[..., 0]  # (B, T) or (1, N)
-            source_cu = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
-            source = _packed_side(states, attention_mask, source_cu, seq_idx, "cu_seq_lens_q")
-            if source is None:
-                source = _padded_side(states, attention_mask, target.runs_packed, "encoder_outputs")
+            source = describe_batch(
+                tuple(states.shape),
+                rules=batch_rules(config, target.runs_packed),
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cu_seq_lens_q=cu_seq_lens_q,
+                cu_seq_lens_k=cu_seq_lens_k,
+                seq_idx=seq_idx,
+                device=states.device,
+            )
             encoded = source.flat(encoder_outputs.last_hidden_state)
 
         # -- both sides alike: packed with packed, a padded decoder reading the padded encoder output ----------------
-        if (source.kind == "packed") != (target.kind == "packed"):
-            raise ValueError(
-                "a packed batch packs both sides: pass cu_seq_lens_q for the sources together with "
-                "decoder_cu_seq_lens for the targets (hf_dynmask's seq2seq collator in mode='packed'), or neither"
-            )
+        check_pairs(source, target)
         if source.runs_packed and not target.runs_packed:  # dynamic encoder, cached decoder
             encoded = source.output(encoded)  # (B, T, h), zeros at padding
-            source = _padded_side(encoded[..., 0], attention_mask, False, "input_ids")
-        num_sources = source.cu_seqlens.numel() - 1 if source.runs_packed else encoded.shape[0]
-        num_targets = target.cu_seqlens.numel() - 1 if target.runs_packed else target_ref.shape[0]
-        if num_sources != num_targets:
-            raise ValueError(f"{num_sources} sources but {num_targets} targets: every pair needs both")
+            source = describe_batch(
+                tuple(encoded.shape[:2]), rules=batch_rules(config, False), attention_mask=attention_mask,
+                device=encoded.device,
+            )  # fmt: skip
 
         # -- the decoder ---------------------------------------------------------------------------------------------
-        positions = _positions(target, target_ref, past)
-        _check_given_positions(decoder_position_ids, positions, target, "decoder_position_ids")
-        hidden = self.decoder._embed(target.flat(decoder_input_ids), target.flat(decoder_inputs_embeds), positions)
-        if target.runs_packed:
-            self_layout = AttentionLayout(kernel, plan=plan_varlen(target.cu_seqlens, bucket_ratio=ratio))
-            cross_layout = AttentionLayout(kernel, plan=plan_varlen(target.cu_seqlens, source.cu_seqlens, ratio))
-        else:
-            q_len = target_ref.shape[1]
-            self_layout = _causal_layout(target.real, q_len, past + q_len, kernel, hidden.dtype, hidden.device)
-            cross_layout = _key_padding_layout(source.real, kernel, hidden.dtype)
-        hidden, decoder_all = self.decoder(hidden, encoded, self_layout, cross_layout, cache, output_hidden)
+        hidden = self.decoder._embed(
+            target.flat(decoder_input_ids), target.flat(decoder_inputs_embeds), target.position_ids
+        )
+        self_layout = _self_layout(target, kernel, ratio, True, output_attentions, hidden.device)
+        cross_layout = _cross_layout(target, source, kernel, ratio, output_attentions, hidden.device)
+        hidden, decoder_all, self_weights, cross_weights = self.decoder(
+            hidden, encoded, self_layout, cross_layout, cache, output_hidden, output_attentions
+        )
 
         output = DynMaskSeq2SeqModelOutput(
             last_hidden_state=target.output(hidden),
             cache=cache if use_cache and target.kind == "padded" else None,
             decoder_hidden_states=None if decoder_all is None else tuple(target.output(h) for h in decoder_all),
+            decoder_attentions=None if self_weights is None else tuple(self_weights),
+            cross_attentions=None if cross_weights is None else tuple(cross_weights),
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
         )
         if target.kind == "unpadded":
             output.packed_hidden_state, output.decoder_unpad_index = hidden, target.index
-        return output if return_dict is not False else output.to_tuple()
+        return output if (config.return_dict if return_dict is None else return_dict) else output.to_tuple()
 
 
 def _pop_cache_alias(cache, kwargs: dict) -> Cache | None:
@@ -835,14 +799,6 @@ def _pop_cache_alias(cache, kwargs: dict) -> Cache | None:
     if legacy is not None and cache is not None:
         raise ValueError("pass the cache once, as cache= (past_key_values is its older name)")
     return cache if cache is not None else legacy
-
-
-def _refuse_unknown(kwargs: dict) -> None:
-    unknown = sorted(name for name, value in kwargs.items() if value is not None)
-    if unknown:
-        raise ValueError(
-            f"DynMask's seq2seq models do not know the argument(s) {unknown}; they refuse rather than ignore them"
-        )
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int, cu_seqlens=None):
@@ -1018,10 +974,13 @@ class DynMaskSeq2SeqForConditionalGeneration(DynMaskSeq2SeqPreTrainedModel, Gene
             logits=logits,
             cache=outputs.cache,
             decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
 
     def generate(self, inputs: torch.Tensor | None = None, **kwargs: Any):
         """transformers' ``generate`` (greedy, beam search, sampling, ...) on padded input.

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModel
 
 import hf_dynmask  # noqa: F401  (registers dynmask_varlen)
 from hf_dynmask.modeling.attention import plan_varlen, varlen_attention, varlen_attention_forward
+from hf_dynmask.modeling.batch import BatchRules, describe_batch
 from hf_dynmask.modeling.layout import cu_seqlens_from_seq_lens, position_ids_from_cu_seqlens
 
 ATOL = 1e-5
@@ -192,42 +193,80 @@ def test_no_dense_mask_for_a_packed_row(monkeypatch):
     assert calls == []
 
 
-def test_unverified_family_and_unknown_arguments_are_refused():
-    config = AutoConfig.for_model(
+def test_unverified_families_are_refused_at_load():
+    """A family that is not verified is refused when it is loaded with dynmask_varlen, or switched to it, before any
+    batch: DeBERTa-v2's attention never calls the interface (a packed row would silently attend across sequences),
+    BART numbers positions over the whole row (the DynMask seq2seq family packs it)."""
+    bart = AutoConfig.for_model(
         "bart", d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
         encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=100,
     )  # fmt: skip
-    model = AutoModel.from_config(config, attn_implementation="dynmask_varlen")
-    with pytest.raises(ValueError, match="not verified on BartAttention.*attn_implementation='sdpa'"):
-        model(input_ids=torch.randint(3, 100, (1, 5)))
+    with pytest.raises(
+        ValueError, match="not verified on BartModel.*DynMaskSeq2SeqConfig.*attn_implementation='sdpa'"
+    ):
+        AutoModel.from_config(bart, attn_implementation="dynmask_varlen")
+    deberta = AutoConfig.for_model("deberta-v2", **SMALL, max_position_embeddings=128)
+    with pytest.raises(ValueError, match="not verified on DebertaV2Model.*never calls transformers' attention"):
+        AutoModel.from_config(deberta, attn_implementation="dynmask_varlen")
+    model = AutoModel.from_config(bart, attn_implementation="sdpa")
+    with pytest.raises(ValueError, match="not verified on BartModel"):
+        model.set_attn_implementation("dynmask_varlen")
+
+
+def test_the_load_check_is_the_only_patch_and_can_be_undone():
+    from transformers import PreTrainedModel
+
+    from hf_dynmask.modeling import stock
+
+    wrapped = PreTrainedModel._check_and_adjust_attn_implementation
+    assert getattr(wrapped, "__dynmask_original__", None) is not None
+    stock.uninstall_load_check()
+    try:
+        assert PreTrainedModel._check_and_adjust_attn_implementation is wrapped.__dynmask_original__
+        # Without the check a stock model's batches go unchecked, so its attention refuses to run.
+        model = stock_model("bert")
+        with pytest.raises(ValueError, match="never checked the batch"), torch.no_grad():
+            model(input_ids=torch.randint(3, 100, (1, 5)))
+    finally:
+        assert stock.install_load_check()
+    assert PreTrainedModel._check_and_adjust_attn_implementation is not wrapped  # a new wrapper, same original
+    assert PreTrainedModel._check_and_adjust_attn_implementation.__dynmask_original__ is wrapped.__dynmask_original__
+
+
+def test_unknown_attention_arguments_are_refused():
     attention = stock_model("llama", num_key_value_heads=2).layers[0].self_attn
     q = torch.randn(1, 4, 5, 8)
     k = v = torch.randn(1, 2, 5, 8)
+    rows = describe_batch((1, 5), rules=BatchRules())
     with pytest.raises(ValueError, match=r"does not know the attention argument\(s\) \['score_mod'\]"):
-        varlen_attention_forward(attention, q, k, v, None, score_mod=lambda s: s)
+        varlen_attention_forward(attention, q, k, v, None, score_mod=lambda s: s, dynmask_layout=rows)
     with pytest.raises(ValueError, match="attention sinks"):
-        varlen_attention_forward(attention, q, k, v, None, s_aux=torch.zeros(4))
-    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
-    positions = torch.tensor([[0, 1, 0, 1, 2]])
+        varlen_attention_forward(attention, q, k, v, None, s_aux=torch.zeros(4), dynmask_layout=rows)
+    packed = describe_batch((1, 5), rules=BatchRules(), cu_seq_lens_q=torch.tensor([0, 2, 5]))
     with pytest.raises(ValueError, match="relative position bias"):
         varlen_attention_forward(
-            attention, q, k, v, None, cu_seq_lens_q=cu, position_ids=positions, position_bias=torch.zeros(1, 4, 5, 5)
-        )
+            attention, q, k, v, None, position_bias=torch.zeros(1, 4, 5, 5), dynmask_layout=packed,
+            dynmask_plan=plan_varlen(packed.cu_seqlens),
+        )  # fmt: skip
 
 
 def test_encoder_rows_with_restarting_positions_need_stated_boundaries():
-    attention = stock_model("bert").encoder.layer[0].attention.self
-    q = k = v = torch.randn(1, 4, 5, 8)
-    with pytest.raises(ValueError, match="boundaries are never guessed"):
-        varlen_attention_forward(attention, q, k, v, None, position_ids=torch.tensor([[0, 1, 0, 1, 2]]))
+    model = stock_model("bert")
+    with pytest.raises(ValueError, match="position_ids start a new sequence inside a row"), torch.no_grad():
+        model(input_ids=torch.randint(3, 100, (1, 5)), position_ids=torch.tensor([[0, 1, 0, 1, 2]]))
 
 
-def test_position_derived_pack_over_other_keys_is_refused():
-    """Restarting positions over a cache (or cross-attention keys): the boundaries of the keys are unknown."""
-    attention = stock_model("llama", num_key_value_heads=2).layers[0].self_attn
-    q, k = torch.randn(1, 4, 5, 8), torch.randn(1, 2, 9, 8)
-    with pytest.raises(ValueError, match="packed row over a cache, or cross-attention"):
-        varlen_attention_forward(attention, q, k, k, None, position_ids=torch.tensor([[0, 1, 0, 1, 2]]))
+def test_position_derived_pack_over_a_cache_is_refused():
+    """Restarting positions over a cache: the boundaries of the cached keys are unknown."""
+    model = stock_model("llama", num_key_value_heads=2)
+    with torch.no_grad():
+        cache = model(input_ids=torch.randint(3, 100, (1, 4)), use_cache=True).past_key_values
+        with pytest.raises(ValueError, match="a packed row over a cache"):
+            model(
+                input_ids=torch.randint(3, 100, (1, 5)),
+                position_ids=torch.tensor([[4, 5, 0, 1, 2]]),
+                past_key_values=cache,
+            )
 
 
 @pytest.mark.parametrize(
@@ -238,7 +277,9 @@ def test_position_derived_pack_over_other_keys_is_refused():
         ("roberta", {"pad_token_id": 1}, 2, None, "without position_ids"),
         ("bert", {}, 0, "over_row", "must restart at 0 in every sequence"),
         ("bert", {}, 0, None, "without position_ids"),
-        ("llama", {"num_key_value_heads": 2}, 0, None, "must restart at 0"),  # llama numbers the row itself
+        ("distilbert", {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64}, 0, None, "without position_ids"),
+        ("distilbert", {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64}, 0, "over_row", "must restart at 0"),
+        ("llama", {"num_key_value_heads": 2}, 0, None, "without position_ids"),  # llama numbers the row itself
         ("gpt2", {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128}, 0, "shifted", "must restart at 0"),
     ],
 )

@@ -285,6 +285,34 @@ def test_packed_eval_matches_each_sequence_alone(family, head, boundaries):
                 torch.testing.assert_close(output.loss, scored_loss(expected, example.targets), atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_packed_rows_without_positions_get_each_sequences_own(family):
+    """A packed row with boundaries but no position_ids: every family (DistilBERT included, whose attention never
+    sees positions) gets each sequence's own positions from the entry check, never the row's."""
+    head = "token-classification" if "token-classification" in FAMILIES[family].heads else "base"
+    stock, varlen = make_pair(family, head)
+    stock.eval(), varlen.eval()
+    example = make_example(head)
+    batch = packed_inputs(family, example.ids, "cu_seq_lens")
+    del batch["position_ids"]
+    with torch.no_grad():
+        expected = run_alone(stock, family, example.ids)
+        output = varlen(**batch, **({"use_cache": False} if FAMILIES[family].decoder else {}))
+    torch.testing.assert_close(token_outputs(output)[0], expected, atol=ATOL, rtol=0)
+    if head == "token-classification":  # evaluation regroups a packed row per sequence (test_trainer.py)
+        assert output.seq_idx.tolist() == [sum([[s] * n for s, n in enumerate(LENS)], [])]
+
+
+@pytest.mark.parametrize("family", sorted(name for name, spec in FAMILIES.items() if not spec.decoder))
+def test_encoders_refuse_flattened_rows(family):
+    """DataCollatorWithFlattening() rows (restarting positions, no boundaries) on every encoder: refused, never
+    attended across (DistilBERT and ModernBERT did, silently)."""
+    _, varlen = make_pair(family, "base")
+    example = make_example("base")
+    with pytest.raises(ValueError, match="start a new sequence inside a row"), torch.no_grad():
+        varlen.eval()(**packed_inputs(family, example.ids, "position_ids"))
+
+
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
 @pytest.mark.parametrize("family, head, boundaries", CASES)
 def test_packed_training_matches_each_sequence_alone(family, head, boundaries, checkpointing):

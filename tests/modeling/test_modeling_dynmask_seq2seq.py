@@ -436,6 +436,12 @@ def test_packed_source_needs_packed_targets(tiny):
     batch = collate(tiny, pair_tokens("bart"), "packed")
     for key in ("decoder_cu_seq_lens", "decoder_seq_idx"):
         batch.pop(key)
+    # The targets' positions still restart: a packed target row without its boundaries.
+    with pytest.raises(
+        ValueError, match="decoder_position_ids start a new sequence inside a row.*decoder_cu_seq_lens"
+    ):
+        tiny(**batch)
+    batch.pop("decoder_position_ids")
     with pytest.raises(ValueError, match="a packed batch packs both sides"):
         tiny(**batch)
 
@@ -444,6 +450,7 @@ def test_pair_counts_must_agree(tiny):
     batch = collate(tiny, pair_tokens("bart"), "packed")
     batch["decoder_cu_seq_lens"] = torch.tensor([0, batch["labels"].shape[1]], dtype=torch.int32)
     batch.pop("decoder_seq_idx")
+    batch.pop("decoder_position_ids")  # one target: its positions would be refused first
     with pytest.raises(ValueError, match="5 sources but 1 targets"):
         tiny(**batch)
 
@@ -451,13 +458,13 @@ def test_pair_counts_must_agree(tiny):
 def test_wrong_decoder_positions_are_refused(tiny):
     batch = collate(tiny, pair_tokens("bart"), "packed")
     batch["decoder_position_ids"] = batch["decoder_position_ids"] + 1
-    with pytest.raises(ValueError, match="decoder_position_ids must restart at 0"):
+    with pytest.raises(ValueError, match="decoder_position_ids of a packed row must restart at 0 in every sequence"):
         tiny(**batch)
 
 
 def test_flattened_sources_without_boundaries_are_refused(tiny):
     batch = collate(tiny, pair_tokens("bart"), "packed")
-    with pytest.raises(ValueError, match="position_ids restart inside a row"):
+    with pytest.raises(ValueError, match="position_ids start a new sequence inside a row"):
         tiny(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=torch.tensor([[5, 6]]))
 
 
@@ -468,12 +475,13 @@ def test_sequences_longer_than_the_positions_are_refused(tiny, layout):
         tiny(**collate(tiny, pairs, layout))
 
 
-def test_unknown_arguments_and_attention_weights_are_refused(tiny):
+def test_unknown_arguments_are_refused_with_the_closest_name(tiny):
     batch = collate(tiny, pair_tokens("bart"), "dynamic")
-    with pytest.raises(ValueError, match="do not know the argument"):
+    with pytest.raises(ValueError, match=r"does not know the argument\(s\) \['head_mask'\]"):
         tiny(**batch, head_mask=torch.ones(2))
-    with pytest.raises(ValueError, match="attention weights"):
-        tiny(**batch, output_attentions=True)
+    mask = batch.pop("decoder_attention_mask")
+    with pytest.raises(ValueError, match="decoder_atention_mask: did you mean 'decoder_attention_mask'"):
+        tiny(**batch, decoder_atention_mask=mask)
 
 
 def test_labels_at_target_padding_must_be_ignored(tiny):

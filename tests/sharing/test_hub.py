@@ -49,14 +49,16 @@ from hf_dynmask.training import DynMaskTrainer, DynMaskTrainingArguments
 CODE_FILES = (
     "attention.py",
     "backends.py",
-    "batching.py",
+    "batch.py",
     "configuration_dynmask.py",
     "families.py",
     "input_checks.py",
     "layout.py",
     "masks.py",
     "modeling_dynmask.py",
+    "outputs.py",
     "saving.py",
+    "stock.py",
 )
 EXPECTED_AUTO_MAP = {
     "AutoConfig": "configuration_dynmask.DynMaskConfig",

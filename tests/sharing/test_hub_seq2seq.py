@@ -22,13 +22,17 @@ from hf_dynmask.sharing.hub import auto_map, save_with_code
 CODE_FILES = (
     "attention.py",
     "backends.py",
-    "batching.py",
+    "batch.py",
+    "configuration_dynmask.py",
     "configuration_dynmask_seq2seq.py",
     "families.py",
+    "input_checks.py",
     "layout.py",
     "masks.py",
     "modeling_dynmask_seq2seq.py",
+    "outputs.py",
     "saving.py",
+    "stock.py",
 )
 EXPECTED_AUTO_MAP = {
     "AutoConfig": "configuration_dynmask_seq2seq.DynMaskSeq2SeqConfig",

@@ -502,13 +502,26 @@ def test_trainer_evaluate_packed_equals_padded(tmp_path, way):
 
 
 def test_without_boundaries_packed_rows_would_be_scored_as_one_example(tmp_path):
-    """What the ways above prevent: a stock model's packed predictions without seq_idx give other numbers."""
-    from transformers import Trainer
+    """What the ways above prevent: a stock model on dynmask_varlen returns seq_idx with a packed row's logits, so a
+    stock Trainer scores packed evaluation as padded; the same predictions without seq_idx give other numbers."""
+    from transformers import Trainer, TrainingArguments
+
+    from hf_dynmask import make_collator
 
     _, stock, features, tokenizer = _ner_setup()
     padded = _evaluate(Trainer, stock, features, tokenizer, "dynamic", tmp_path)
     packed = _evaluate(Trainer, stock, features, tokenizer, "packed", tmp_path)
-    assert packed["f1"] != pytest.approx(padded["f1"], abs=1e-6)
+    assert packed["f1"] == pytest.approx(padded["f1"], abs=1e-12)
+    trainer = Trainer(
+        model=stock,
+        args=TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=3, report_to="none", use_cpu=True),
+        data_collator=make_collator(tokenizer, "token-classification", "packed"),
+    )
+    prediction = trainer.predict(features)
+    logits, _ = prediction.predictions
+    compute = token_classification_metrics(NER_NAMES, "ner")
+    rows_as_examples = compute(EvalPrediction(predictions=logits, label_ids=prediction.label_ids))
+    assert rows_as_examples["f1"] != pytest.approx(padded["f1"], abs=1e-6)
 
 
 def test_dynmask_trainer_refuses_label_names_without_the_boundaries(tmp_path):

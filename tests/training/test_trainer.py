@@ -444,6 +444,65 @@ def test_stock_bert_with_dynmask_varlen_trains_packed_like_padded(tok, tmp_path)
     assert_same_params(results["dynamic"], results["packed"])
 
 
+def stock_args(tmp_path: Path, **overrides) -> TrainingArguments:
+    values = dict(
+        output_dir=str(tmp_path / "stock"), use_cpu=True, report_to=[], save_strategy="no", max_steps=2,
+        per_device_train_batch_size=4, per_device_eval_batch_size=8, disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    return TrainingArguments(**{**values, **overrides})
+
+
+def test_a_pooling_head_refuses_packed_rows_at_the_forward(tok, tmp_path):
+    """A stock sequence classifier on dynmask_varlen scored a whole pack as one row, with no error, under a plain
+    forward and a stock Trainer (which never shows the model to hf_dynmask): both now refuse; padded rows still run."""
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(**CONFIG, attn_implementation="dynmask_varlen"))
+    data = dataset_for("sequence-classification")
+    packed = make_collator(tok, "sequence-classification", "packed")
+    with pytest.raises(ValueError, match="pools or indexes whole rows"):
+        model(**packed(list(data)[:4]))
+    trainer = Trainer(model=model, args=stock_args(tmp_path), train_dataset=data, data_collator=packed)
+    with pytest.raises(ValueError, match="pools or indexes whole rows"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    with torch.no_grad():
+        padded = make_collator(tok, "sequence-classification", "dynamic")(list(data)[:4])
+        assert model(**padded).logits.shape == (4, NUM_LABELS)
+
+
+def test_a_stock_token_classifier_scores_packed_evaluation_like_padded(tok, tmp_path):
+    """Under a stock Trainer a stock token classifier's packed predictions carry each token's sequence (seq_idx),
+    so entity F1 is scored per example, as on padded batches (a pack scored as one row joins entities across
+    sequences)."""
+    from transformers import EvalPrediction
+
+    from hf_dynmask.training.evaluation import token_classification_metrics
+
+    compute = token_classification_metrics(["O", "B-X", "I-X"], task="ner")
+    torch.manual_seed(0)
+    model = BertForTokenClassification(BertConfig(**CONFIG, attn_implementation="dynmask_varlen"))
+    data = dataset_for("token-classification")
+    scores, predictions = {}, {}
+    for mode in ("dynamic", "packed"):
+        trainer = Trainer(
+            model=model,
+            args=stock_args(tmp_path),
+            eval_dataset=data,
+            data_collator=make_collator(tok, "token-classification", mode),
+            compute_metrics=compute,
+        )
+        scores[mode] = trainer.evaluate()
+        predictions[mode] = trainer.predict(data)
+    for key in ("eval_f1", "eval_precision", "eval_recall", "eval_accuracy"):
+        assert scores["packed"][key] == pytest.approx(scores["dynamic"][key], abs=1e-12), key
+    assert scores["packed"]["eval_loss"] == pytest.approx(scores["dynamic"]["eval_loss"], abs=1e-5)
+    logits, seq_idx = predictions["packed"].predictions
+    assert seq_idx.shape == logits.shape[:2]
+    # Without the boundaries the same predictions score otherwise: the test can tell.
+    rows_as_examples = compute(EvalPrediction(predictions=logits, label_ids=predictions["packed"].label_ids))
+    assert rows_as_examples["f1"] != pytest.approx(scores["dynamic"]["eval_f1"], abs=1e-9)
+
+
 def test_token_budget_smaller_than_the_longest_example(tok, tmp_path):
     with pytest.raises(ValueError, match=r"> token_budget 16 .*longest 20\); raise token_budget to at least 20"):
         DynMaskTrainer(
