@@ -37,6 +37,7 @@ import torch
 
 from ..data.collators import MODES, make_collator, token_counts
 from ..modeling.configuration_dynmask import DynMaskConfig, did_you_mean
+from ..modeling.input_checks import IGNORE_INDEX
 from ..modeling.modeling_dynmask import DynMaskForMaskedLM
 from .atomic import atomic_path, check_writable
 from .corpus import stdlib_docstrings
@@ -277,7 +278,7 @@ def _eval_loss(model: torch.nn.Module, batches: list[dict[str, Any]]) -> float:
     model.eval()
     total, count = 0.0, 0
     for batch in batches:
-        n = int((batch["labels"] != -100).sum())
+        n = int((batch["labels"] != IGNORE_INDEX).sum())
         if n:
             total += float(model(**batch).loss) * n
             count += n
