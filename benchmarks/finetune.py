@@ -52,7 +52,7 @@ from torch.utils.data import SequentialSampler
 from transformers import Trainer
 
 from hf_dynmask import DynMaskConfig, make_collator
-from hf_dynmask.commands.bench import _PeakRSS, _release_freed_memory  # the benchmark's peak-RSS sampler, reused
+from hf_dynmask.commands.timing import PeakRSS, release_freed_memory  # the benchmarks' peak-RSS sampler
 from hf_dynmask.data import prepare_dataset
 from hf_dynmask.training import DynMaskTrainer, DynMaskTrainingArguments
 from hf_dynmask.training.evaluation import (
@@ -302,8 +302,8 @@ _NOT_SCORES = ("epoch", "runtime", "samples_per_second", "steps_per_second")
 
 def _run(trainer: Any) -> dict[str, Any]:
     """Train (with per-epoch evaluations), then read the timing, memory and curves out of the Trainer."""
-    _release_freed_memory()
-    with _PeakRSS() as peak:
+    release_freed_memory()
+    with PeakRSS() as peak:
         start = time.perf_counter()
         output = trainer.train()
         wall = time.perf_counter() - start
