@@ -542,7 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
         "same budget of real tokens. Prints a table, saves the models (with code and model cards), results.json "
         "and demo.png.",
     )
-    demo.add_argument("--output-dir", type=Path, default=Path("hf_dynmask_demo"), help="default: ./hf_dynmask_demo")
+    demo.add_argument(
+        "--output-dir",
+        type=Path,
+        help="default: ./hf_dynmask_demo, except inside a git checkout whose .gitignore does not cover that folder "
+        "(hf_dynmask's does): there, pass a folder",
+    )
     demo.add_argument("--tiny", action="store_true", help="a tiny run that takes seconds (for tests)")
     demo.add_argument(
         "--tokenizer",
