@@ -9,8 +9,9 @@ Every module that needs a fact about a task reads it from the task's :class:`Tas
                                         label names evaluation gathers
     model cards (sharing/model_card.py) pipeline tag, Auto class, DynMask class
 
-The collator class is named here, not imported (``collators.py`` imports this module, and resolves the name);
-``prepare.py`` keeps the tokenizing function of each task next to the others and checks it covers these tasks.
+Records hold facts, not code: the collator class is named here, not imported (``collators.py`` imports this module
+and resolves the name), and ``prepare.py`` keeps each task's tokenizing function beside the others, keyed by the
+task's name (``tests/data/test_tasks.py`` prepares and collates every task from its record).
 
 >>> TASKS["token-classification"].label_names("packed"), TASKS["token-classification"].label_names("dynamic")
 (['labels', 'seq_idx'], ['labels'])
