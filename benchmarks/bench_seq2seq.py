@@ -43,6 +43,7 @@ import datasets
 import torch
 
 from hf_dynmask import DynMaskSeq2SeqConfig, make_collator, prepare_dataset
+from hf_dynmask.modeling.input_checks import IGNORE_INDEX
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
@@ -180,15 +181,15 @@ class CountingCollator:
         self.counts["source_computed"] += batch["input_ids"].numel()
         self.counts["source_real"] += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
         self.counts["target_computed"] += batch["labels"].numel()
-        self.counts["target_real"] += int((batch["labels"] != -100).sum())
+        self.counts["target_real"] += int((batch["labels"] != IGNORE_INDEX).sum())
         return batch
 
 
 def _rss_peak():
-    from hf_dynmask.commands.bench import _PeakRSS, _release_freed_memory  # the bench command's RSS sampler
+    from hf_dynmask.commands.timing import PeakRSS, release_freed_memory  # the benchmarks' RSS sampler
 
-    _release_freed_memory()
-    return _PeakRSS()
+    release_freed_memory()
+    return PeakRSS()
 
 
 def training_arguments(args, output_dir: Path, mode: str):
@@ -286,7 +287,7 @@ def evaluation_loss(model, eval_set, collator, batch_size: int) -> float:
     rows = [{"input_ids": ex["input_ids"], "labels": ex["labels"]} for ex in eval_set]
     for i in range(0, len(rows), batch_size):
         batch = collator(rows[i : i + batch_size])
-        n = int((batch["labels"] != -100).sum())
+        n = int((batch["labels"] != IGNORE_INDEX).sum())
         total += float(model(**batch).loss) * n
         count += n
     return total / count

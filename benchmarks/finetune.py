@@ -52,8 +52,8 @@ from torch.utils.data import SequentialSampler
 from transformers import Trainer
 
 from hf_dynmask import DynMaskConfig, make_collator
-from hf_dynmask.commands.bench import _PeakRSS, _release_freed_memory  # the benchmark's peak-RSS sampler, reused
-from hf_dynmask.data import prepare_dataset
+from hf_dynmask.commands.timing import PeakRSS, release_freed_memory  # the benchmarks' peak-RSS sampler
+from hf_dynmask.data import get_task, prepare_dataset
 from hf_dynmask.training import DynMaskTrainer, DynMaskTrainingArguments
 from hf_dynmask.training.evaluation import (
     eval_label_names,
@@ -76,10 +76,14 @@ class Task:
 
     data: str  # folder under --data-dir with train.jsonl, validation.jsonl [, labels.json]
     collator_task: str  # hf_dynmask collator / prepare_dataset task
-    auto_class: str  # transformers Auto class of the head
     token_kind: str | None = None  # token classification: "ner" (entity F1) or "pos" (accuracy)
     metrics: tuple[str, ...] = ()  # the scores compared between modes, headline first
     points: float = 100.0  # points per unit of the metrics (100: they are fractions; 1: already percent)
+
+    @property
+    def auto_class(self) -> str:
+        """The transformers Auto class of the head (the task record's, ``hf_dynmask.data.tasks``)."""
+        return get_task(self.collator_task).model_card.auto_class
 
 
 @dataclass(frozen=True)
@@ -96,22 +100,10 @@ class Recipe:
 
 
 TASKS = {
-    "banking77": Task(
-        "banking77", "sequence-classification", "AutoModelForSequenceClassification", metrics=("accuracy", "f1")
-    ),
-    "ud_pos": Task(
-        "ud_ewt_pos", "token-classification", "AutoModelForTokenClassification", "pos", metrics=("accuracy",)
-    ),
-    "wnut17": Task(
-        "wnut17_ner",
-        "token-classification",
-        "AutoModelForTokenClassification",
-        "ner",
-        metrics=("f1", "precision", "recall", "accuracy"),
-    ),
-    "squad": Task(
-        "squad_v1", "question-answering", "AutoModelForQuestionAnswering", metrics=("f1", "exact_match"), points=1.0
-    ),
+    "banking77": Task("banking77", "sequence-classification", metrics=("accuracy", "f1")),
+    "ud_pos": Task("ud_ewt_pos", "token-classification", "pos", metrics=("accuracy",)),
+    "wnut17": Task("wnut17_ner", "token-classification", "ner", metrics=("f1", "precision", "recall", "accuracy")),
+    "squad": Task("squad_v1", "question-answering", metrics=("f1", "exact_match"), points=1.0),
 }
 # Chosen with one packed run per task on the full data, evaluated every epoch (BENCHMARKS.md has the curves):
 # banking77 2e-4 x 6 epochs: 75.1 88.5 91.7 92.3 93.2 92.8% (1e-4 x 3: 86.2%); wnut17 2e-4 x 8: F1 44.6 54.8 56.0 56.8
@@ -302,8 +294,8 @@ _NOT_SCORES = ("epoch", "runtime", "samples_per_second", "steps_per_second")
 
 def _run(trainer: Any) -> dict[str, Any]:
     """Train (with per-epoch evaluations), then read the timing, memory and curves out of the Trainer."""
-    _release_freed_memory()
-    with _PeakRSS() as peak:
+    release_freed_memory()
+    with PeakRSS() as peak:
         start = time.perf_counter()
         output = trainer.train()
         wall = time.perf_counter() - start

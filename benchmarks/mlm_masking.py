@@ -42,6 +42,7 @@ from transformers import TrainerCallback
 
 from hf_dynmask import DynMaskConfig, make_collator
 from hf_dynmask.data import prepare_dataset
+from hf_dynmask.modeling.input_checks import IGNORE_INDEX
 from hf_dynmask.training import DynMaskTrainer, DynMaskTrainingArguments
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -107,7 +108,7 @@ class HeldOutLoss(TrainerCallback):
         total = count = 0.0
         with torch.no_grad():
             for batch in self.batches:
-                masked = int((batch["labels"] != -100).sum())
+                masked = int((batch["labels"] != IGNORE_INDEX).sum())
                 total += float(model(**batch).loss) * masked
                 count += masked
         model.train(was_training)
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "train_texts": len(train_set),
             "train_tokens_per_epoch": sum(train_set["length"]),
             "heldout_texts": len(heldout_set),
-            "heldout_masked_tokens": sum(int((b["labels"] != -100).sum()) for b in heldout_batches),
+            "heldout_masked_tokens": sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in heldout_batches),
         },
         "runs": {},
         "downstream": {},

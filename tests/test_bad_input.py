@@ -603,6 +603,12 @@ CLI_CASES = [
         "did you mean 'hf_dynamic_random'?",
     ),
     CliCase("demo-negative-seed", lambda env: ["demo", "--tiny", "--seed", "-1"], 2, "expected a seed in [0, 2**32)"),
+    CliCase(
+        "inspect-tokenizer-folder-missing",
+        lambda env: ["inspect", "--tokenizer", env.folder / "no-such-folder", "--dataset", env.folder / "data.jsonl"],
+        1,
+        "no-such-folder' does not exist; pass a folder holding a saved tokenizer",
+    ),
 ]
 
 

@@ -4,7 +4,9 @@ Read from the source (every import statement, including those inside functions a
 a lazy import counts as much as a top-level one:
 
     modeling/   imports only the standard library, torch, transformers and its own modules (it ships as remote code)
-    data/       also modeling's layout vocabulary (modeling/layout.py), nothing else of the package
+    data/       also what the model side defines for batches: the layout vocabulary (modeling/layout.py), the
+                ignored-label value (modeling/input_checks.py) and the unknown-option message
+                (modeling/configuration_dynmask.py), nothing else of the package
     training/       also modeling/ and data/
     sharing/        also modeling/ and data/ (training and sharing are side by side: neither imports the other)
     integrations/   also modeling/ and data/ (beside training and sharing: sentence-transformers and PEFT)
@@ -24,7 +26,11 @@ LAYERS = ("modeling", "data", "training", "sharing", "integrations", "commands")
 # What each layer may import from the package, besides its own modules.
 ALLOWED = {
     "modeling": set(),
-    "data": {"hf_dynmask.modeling.layout"},
+    "data": {
+        "hf_dynmask.modeling.layout",
+        "hf_dynmask.modeling.input_checks",
+        "hf_dynmask.modeling.configuration_dynmask",
+    },
     "training": {"modeling", "data"},
     "sharing": {"modeling", "data"},
     "integrations": {"modeling", "data"},

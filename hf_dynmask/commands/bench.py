@@ -39,13 +39,10 @@ inference, the loss in eval mode for training): a check that each layout compute
 from __future__ import annotations
 
 import copy
-import ctypes
-import gc
 import json
 import logging
 import os
 import platform
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -59,6 +56,7 @@ from ..data.collators import make_collator, token_counts
 from ..modeling.configuration_dynmask import DynMaskConfig, did_you_mean
 from .atomic import atomic_path
 from .padding_waste import batch_orders
+from .timing import peak_memory_mib, progress_bar, run_once, stratified_batches, synchronize
 
 logger = logging.getLogger(__name__)
 
@@ -367,13 +365,6 @@ def make_features(tokenizer: Any, texts: Sequence[str], max_length: int) -> list
     return features
 
 
-def _stratified(batches: list[list[int]], lengths: list[int], batch_size: int, count: int) -> list[list[int]]:
-    """``count`` full batches at evenly spaced quantiles of real tokens per batch."""
-    full = sorted((b for b in batches if len(b) == batch_size), key=lambda b: sum(lengths[i] for i in b))
-    picks = np.linspace(0, len(full) - 1, num=min(count, len(full))).round().astype(int)
-    return [full[p] for p in picks]
-
-
 def _collator(method: Method, tokenizer: Any, max_length: int, position_start: int) -> Callable:
     from transformers import DataCollatorWithFlattening, DataCollatorWithPadding
 
@@ -405,30 +396,8 @@ def _to_device(batch: dict[str, Any], device: torch.device, train: bool, layout:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Timing, memory, checks
+# Compilation counts, value checks (timing and memory: .timing)
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _run_once(model: torch.nn.Module, batches: list[dict[str, Any]], train: bool, device: torch.device) -> float:
-    _synchronize(device)
-    start = time.perf_counter()
-    if train:
-        model.train()
-        for batch in batches:
-            model(**batch).loss.backward()
-        model.zero_grad(set_to_none=True)
-    else:
-        model.eval()
-        with torch.inference_mode():
-            for batch in batches:
-                model(**batch)
-    _synchronize(device)
-    return time.perf_counter() - start
 
 
 def _dynamo_totals() -> dict[str, int]:
@@ -436,69 +405,6 @@ def _dynamo_totals() -> dict[str, int]:
     from torch._dynamo.utils import counters, get_compilation_metrics
 
     return {"compiles": len(get_compilation_metrics()), "graph_breaks": sum(counters["graph_break"].values())}
-
-
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-class _PeakRSS:
-    """Samples the resident set size every millisecond in a thread; ``rise_mib`` is the peak above the start."""
-
-    def __enter__(self) -> _PeakRSS:
-        self.start = _rss_bytes()
-        self.peak = self.start
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        if self.start is not None:
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.001):
-            current = _rss_bytes()
-            if current is not None and self.peak is not None:
-                self.peak = max(self.peak, current)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    @property
-    def rise_mib(self) -> float | None:
-        if self.start is None or self.peak is None:
-            return None
-        return (self.peak - self.start) / 2**20
-
-
-def _peak_memory_mib(model, batches, train: bool, device: torch.device) -> float | None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        _run_once(model, batches, train, device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    _release_freed_memory()
-    with _PeakRSS() as peak:
-        _run_once(model, batches, train, device)
-    return peak.rise_mib
-
-
-def _release_freed_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc ``malloc_trim``), so the RSS baseline is the live memory.
-
-    Without it, memory an earlier method freed stays mapped and a later method's peak hides inside it.
-    """
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: the rise may under-count methods measured after a larger one
 
 
 def _real_token_states(output: Any, batch: dict[str, Any]) -> torch.Tensor:
@@ -574,12 +480,6 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def _progress(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
-
-
 def _descriptions(settings: BenchSettings) -> dict[str, str]:
     descriptions = {name: METHODS[name].description for name in settings.methods}
     if settings.compile:
@@ -627,7 +527,7 @@ def run_benchmark(
         )
     orders = batch_orders(lengths, settings.batch_size, settings.seed)
     sampled = {
-        order: _stratified(getattr(orders, order), lengths, settings.batch_size, settings.batches)
+        order: stratified_batches(getattr(orders, order), lengths, settings.batch_size, settings.batches)
         for order in ("random", "grouped", "sorted")
     }
     check_batch = list(range(settings.batch_size))
@@ -713,7 +613,7 @@ def _run_mode(pair, tokenizer, features, sampled, check_batch, settings, train, 
                 compiled[id(model)] = torch.compile(model, backend=settings.compile_backend)
             methods[f"{name}{COMPILED}"] = (compiled[id(model)], batches, {**extra, "compiled": True})
 
-    progress = _progress(
+    progress = progress_bar(
         len(methods) * (settings.rounds + 1 + int(settings.memory)),
         settings.progress,
         "train" if train else "inference",
@@ -724,7 +624,7 @@ def _run_mode(pair, tokenizer, features, sampled, check_batch, settings, train, 
         for name, (model, batches, extra) in methods.items():
             # Compiled models see every timed batch once here, so compiling stays out of the timing.
             before = _dynamo_totals()
-            warm_up[name] = _run_once(model, batches if extra.get("compiled") else batches[:1], train, device)
+            warm_up[name] = run_once(model, batches if extra.get("compiled") else batches[:1], train, device)
             if extra.get("compiled"):
                 compile_stats[name] = {k: v - before[k] for k, v in _dynamo_totals().items()}
             progress.update()
@@ -732,13 +632,13 @@ def _run_mode(pair, tokenizer, features, sampled, check_batch, settings, train, 
         best = dict.fromkeys(methods, float("inf"))
         for _ in range(settings.rounds):
             for name, (model, batches, _) in methods.items():
-                best[name] = min(best[name], _run_once(model, batches, train, device))
+                best[name] = min(best[name], run_once(model, batches, train, device))
                 progress.update()
         compiles_while_timing = _dynamo_totals()["compiles"] - timing_start["compiles"]
         memory: dict[str, float | None] = dict.fromkeys(methods)
         if settings.memory:
             for name, (model, batches, _) in methods.items():
-                memory[name] = _peak_memory_mib(model, batches, train, device)
+                memory[name] = peak_memory_mib(model, batches, train, device)
                 progress.update()
 
     reference = None
@@ -807,10 +707,10 @@ def run_sentence_transformers(
             encode(model)
         for _ in range(settings.rounds):
             for name, model in (("stock", stock), ("dynmask", dynmask)):
-                _synchronize(device)
+                synchronize(device)
                 start = time.perf_counter()
                 encode(model)
-                _synchronize(device)
+                synchronize(device)
                 best[name] = min(best[name], time.perf_counter() - start)
         result[order] = {
             "stock_seconds": best["stock"],

@@ -45,8 +45,9 @@ import torch
 from ..data.collators import make_collator, token_counts
 from ..data.packing import TokenBudgetBatchSampler
 from ..modeling.families import VERIFIED_FAMILIES
-from .bench import Method, _peak_memory_mib, _progress, _run_once, _stratified, environment
+from .bench import Method, environment
 from .padding_waste import batch_orders
+from .timing import peak_memory_mib, progress_bar, run_once, stratified_batches
 
 logger = logging.getLogger(__name__)
 
@@ -317,8 +318,8 @@ def run_decoder_benchmark(
         budget = max(max(lengths), -(-int(settings.batch_size * np.mean(lengths)) // 256) * 256)
     orders = batch_orders(lengths, settings.batch_size, settings.seed)
     sampled = {
-        "random": _stratified(orders.random, lengths, settings.batch_size, settings.batches),
-        "grouped": _stratified(orders.grouped, lengths, settings.batch_size, settings.batches),
+        "random": stratified_batches(orders.random, lengths, settings.batch_size, settings.batches),
+        "grouped": stratified_batches(orders.grouped, lengths, settings.batch_size, settings.batches),
         "packed": _packed_sample(lengths, budget, settings.batches, settings.seed),
     }
     epoch_padding = {
@@ -388,24 +389,24 @@ def _run_mode(stock, tokenizer, features, lengths, sampled, check_batch, setting
         extra = {"check": check, "flops": sum(f[0] for f in flops), "real_flops": sum(f[1] for f in flops)}
         methods[name] = (model, batches, extra)
 
-    progress = _progress(
+    progress = progress_bar(
         len(methods) * (settings.rounds + 1 + int(settings.memory)),
         settings.progress,
         "train" if train else "inference",
     )
     with progress:
         for model, batches, _ in methods.values():  # warm-up
-            _run_once(model, batches[:1], train, device)
+            run_once(model, batches[:1], train, device)
             progress.update()
         best = dict.fromkeys(methods, float("inf"))
         for _ in range(settings.rounds):
             for name, (model, batches, _) in methods.items():
-                best[name] = min(best[name], _run_once(model, batches, train, device))
+                best[name] = min(best[name], run_once(model, batches, train, device))
                 progress.update()
         memory: dict[str, float | None] = dict.fromkeys(methods)
         if settings.memory:
             for name, (model, batches, _) in methods.items():
-                memory[name] = _peak_memory_mib(model, batches, train, device)
+                memory[name] = peak_memory_mib(model, batches, train, device)
                 progress.update()
 
     ref_model, _, ref_extra = methods[REFERENCE]

@@ -242,13 +242,31 @@ TOKENIZER_FILES = (
 )
 
 
-def _load_tokenizer(name: str) -> Any:
-    """A usable tokenizer from a folder or a Hub name; a folder must hold vocabulary files (transformers would
-    otherwise build a tokenizer of special tokens only from a bare ``config.json``, which maps every word to
-    ``[UNK]``)."""
+def _is_hub_name(name: str) -> bool:
+    """Whether ``name`` can be a Hub repository id (``name`` or ``namespace/name``), rather than only a path."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _load_tokenizer(name: str, option: str = "--tokenizer") -> Any:
+    """A usable tokenizer from a folder or a Hub name (given as ``option``); a missing folder is said to be missing
+    (transformers would answer that it is not a valid repo id), and a folder must hold vocabulary files
+    (transformers would otherwise build a tokenizer of special tokens only from a bare ``config.json``, which maps
+    every word to ``[UNK]``)."""
     from transformers import AutoTokenizer
 
     path = Path(name).expanduser()
+    if not path.exists() and not _is_hub_name(name):
+        raise CommandError(
+            f"{option} {name!r} does not exist; pass a folder holding a saved tokenizer "
+            "(tokenizer.save_pretrained(folder)) or a Hub model name"
+        )
     if path.is_dir() and not any((path / file).is_file() for file in TOKENIZER_FILES):
         present = sorted(entry.name for entry in path.iterdir())[:8]
         raise CommandError(
@@ -258,7 +276,8 @@ def _load_tokenizer(name: str) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as error:  # OSError, ValueError, hub errors: all mean "not a usable tokenizer here"
-        raise CommandError(f"could not load a tokenizer from {name!r}: {_one_line(error)}") from error
+        where = "" if path.exists() else " (no such folder here, so it was tried as a Hub name)"
+        raise CommandError(f"could not load a tokenizer from {name!r}{where}: {_one_line(error)}") from error
     probe = tokenizer("the quick brown fox and the lazy dog", add_special_tokens=False)["input_ids"]
     if not probe or all(i == tokenizer.unk_token_id for i in probe):
         raise CommandError(
@@ -389,7 +408,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     model_dir = args.model or _default_model_dir()
     check_model_dir(model_dir)
     check_max_length(model_dir, args.max_length)
-    tokenizer = _load_tokenizer(model_dir)
+    tokenizer = _load_tokenizer(model_dir, "--model")
     texts = load_texts(args.dataset, args.text_column, args.split, args.limit)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -523,7 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
         "same budget of real tokens. Prints a table, saves the models (with code and model cards), results.json "
         "and demo.png.",
     )
-    demo.add_argument("--output-dir", type=Path, default=Path("hf_dynmask_demo"), help="default: ./hf_dynmask_demo")
+    demo.add_argument(
+        "--output-dir",
+        type=Path,
+        help="default: ./hf_dynmask_demo, except inside a git checkout whose .gitignore does not cover that folder "
+        "(hf_dynmask's does): there, pass a folder",
+    )
     demo.add_argument("--tiny", action="store_true", help="a tiny run that takes seconds (for tests)")
     demo.add_argument(
         "--tokenizer",

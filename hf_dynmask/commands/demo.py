@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import random
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ import torch
 
 from ..data.collators import MODES, make_collator, token_counts
 from ..modeling.configuration_dynmask import DynMaskConfig, did_you_mean
+from ..modeling.input_checks import IGNORE_INDEX
 from ..modeling.modeling_dynmask import DynMaskForMaskedLM
 from .atomic import atomic_path, check_writable
 from .corpus import stdlib_docstrings
@@ -44,9 +46,11 @@ from .corpus import stdlib_docstrings
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_OUTPUT_DIR",
     "MLM_MASKINGS",
     "DemoSettings",
     "RunResult",
+    "default_output_dir",
     "demo_tokenizer",
     "markdown",
     "plot_demo",
@@ -57,13 +61,46 @@ __all__ = [
 MLM_MASKINGS = ("dynamic", "static")
 TOKENIZERS = ("auto", "minilm", "trained")
 CORPUS_NAME = "Python standard library docstrings (hf_dynmask.commands.corpus.stdlib_docstrings)"
+#: Where the demo writes when no output folder is given: in the current folder (see :func:`default_output_dir`).
+DEFAULT_OUTPUT_DIR = Path("hf_dynmask_demo")
+
+
+def default_output_dir() -> Path:
+    """:data:`DEFAULT_OUTPUT_DIR`, unless the current folder is inside a git checkout that does not ignore it.
+
+    Every saved model carries a copy of the model code next to its weights, so a demo folder that lands in a source
+    checkout unnoticed adds copies of hf_dynmask's modeling code to it. Inside a checkout the default is used only
+    where the checkout's ``.gitignore`` covers it (hf_dynmask's own does, so the README's set-up run from the
+    repository writes to the ignored ``./hf_dynmask_demo``); otherwise ``ValueError`` asks for an output folder.
+    """
+    cwd = Path.cwd().resolve()
+    checkout = next((folder for folder in (cwd, *cwd.parents) if (folder / ".git").exists()), None)
+    if checkout is None or _git_ignores(f"{DEFAULT_OUTPUT_DIR}/"):
+        return DEFAULT_OUTPUT_DIR
+    raise ValueError(
+        f"the default output folder ./{DEFAULT_OUTPUT_DIR} would land inside the git checkout {checkout}, which does "
+        f"not ignore it (the saved models carry copies of the model code); pass --output-dir DIR outside the "
+        f"checkout, or add {DEFAULT_OUTPUT_DIR}/ to its .gitignore"
+    )
+
+
+def _git_ignores(path: str) -> bool:
+    """Whether git ignores ``path`` (relative to the current folder); False where git cannot tell."""
+    try:
+        result = subprocess.run(["git", "check-ignore", "-q", "--", path], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode == 0
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sizes and options of the demo; :meth:`tiny` gives a version that runs in seconds (for tests)."""
+    """Sizes and options of the demo; :meth:`tiny` gives a version that runs in seconds (for tests).
 
-    output_dir: Path = Path("hf_dynmask_demo")
+    ``output_dir=None`` (the default) is :func:`default_output_dir`, checked when the settings are made.
+    """
+
+    output_dir: Path | None = None
     tokenizer: str = field(
         default="auto", metadata={"help": "auto (MiniLM if installed, else trained), minilm, trained"}
     )
@@ -90,7 +127,6 @@ class DemoSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "output_dir", Path(self.output_dir))
         object.__setattr__(self, "modes", tuple(self.modes))
         object.__setattr__(self, "mlm_maskings", tuple(self.mlm_maskings))
         if self.tokenizer not in TOKENIZERS:
@@ -111,6 +147,8 @@ class DemoSettings:
         if bad or not self.mlm_maskings:
             hint = did_you_mean(bad[0], MLM_MASKINGS) if bad else ""
             raise ValueError(f"unknown MLM masking(s) {bad}; choose from {list(MLM_MASKINGS)}{hint}")
+        output_dir = default_output_dir() if self.output_dir is None else Path(self.output_dir)
+        object.__setattr__(self, "output_dir", output_dir)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> DemoSettings:
@@ -277,7 +315,7 @@ def _eval_loss(model: torch.nn.Module, batches: list[dict[str, Any]]) -> float:
     model.eval()
     total, count = 0.0, 0
     for batch in batches:
-        n = int((batch["labels"] != -100).sum())
+        n = int((batch["labels"] != IGNORE_INDEX).sum())
         if n:
             total += float(model(**batch).loss) * n
             count += n

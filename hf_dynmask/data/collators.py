@@ -41,8 +41,13 @@ from typing import Any, ClassVar, Literal, NamedTuple
 import numpy as np
 import torch
 
+from ..modeling.configuration_dynmask import unknown_choice
+from ..modeling.input_checks import IGNORE_INDEX
 from ..modeling.layout import PackedLayout, UnpadIndex, packed_layout, pad_index_from_cu_seqlens, repad
-from .mlm import IGNORE_INDEX, MaskingRecipe, TokenMasker
+from .mlm import MaskingRecipe, TokenMasker
+from .options import check_bool, check_int
+from .tasks import TASKS as TASK_RECORDS
+from .tasks import Task, get_task
 
 __all__ = [
     "IGNORE_INDEX",
@@ -65,51 +70,6 @@ __all__ = [
 Mode = Literal["static", "dynamic", "packed"]
 MODES: tuple[str, ...] = typing.get_args(Mode)
 Feature = Mapping[str, Any]
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Checking options
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _unknown_choice(name: str, value: object, choices: Sequence[str]) -> str:
-    """The message for an option outside ``choices``, with the closest choice when a name is near.
-
-    (``hf_dynmask.modeling.configuration_dynmask.unknown_choice`` does the same; the data layer may import only
-    the layout vocabulary of the model side, so it keeps this copy.)
-
-    >>> _unknown_choice("mode", "packing", MODES)
-    "unknown mode 'packing'; choose one of ['static', 'dynamic', 'packed']; did you mean 'packed'?"
-    """
-    message = f"unknown {name} {value!r}; choose one of {list(choices)}"
-    if isinstance(value, str):
-        lowered = {c.lower(): c for c in choices}
-        close = difflib.get_close_matches(value.strip().lower(), list(lowered), n=1, cutoff=0.6)
-        if close:
-            message += f"; did you mean {lowered[close[0]]!r}?"
-    return message
-
-
-def _check_int(name: str, value: Any, minimum: int | None = None) -> int | None:
-    """``value`` as an ``int`` (``None`` passes), refusing floats, strings and booleans with a message that says what
-    to pass."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        suggestion = ""
-        if isinstance(value, float) and value.is_integer():
-            suggestion = f"; pass {name}={int(value)}"
-        elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            suggestion = f"; pass {name}={int(value)} (a number, not a string)"
-        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__}){suggestion}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -308,26 +268,25 @@ class BaseCollator:
         default=None,
         metadata={
             "help": "packed mode: first position id of every sequence (RoBERTa-style models: padding_idx + 1). "
-            "None: the model's, set by DynMaskTrainer / PaddingStatsCallback when they see the model, else 0."
+            "None: 0, or the model's under DynMaskTrainer / PaddingStatsCallback (they train with a copy that has it)."
         },
     )
 
+    # The name of the task, whose record (hf_dynmask.data.tasks.TASKS) says what else there is to know about it.
     task: ClassVar[str] = ""
-    # Label keys a feature may carry for this task (first one present wins); empty when the task makes its labels.
-    label_keys: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(_unknown_choice("mode", self.mode, MODES))
+            raise ValueError(unknown_choice("mode", self.mode, MODES))
         if not all(hasattr(self.tokenizer, name) for name in ("pad_token_id", "padding_side", "truncation_side")):
             raise ValueError(
                 f"tokenizer must be a transformers tokenizer, got {type(self.tokenizer).__name__}; load one with "
                 "AutoTokenizer.from_pretrained(name_or_path)"
             )
-        self.max_length = _check_int("max_length", self.max_length, minimum=1)
-        self.pad_to_multiple_of = _check_int("pad_to_multiple_of", self.pad_to_multiple_of, minimum=1)
-        self.position_start = _check_int("position_start", self.position_start, minimum=0)
-        _check_bool("truncation", self.truncation)
+        self.max_length = check_int("max_length", self.max_length, minimum=1)
+        self.pad_to_multiple_of = check_int("pad_to_multiple_of", self.pad_to_multiple_of, minimum=1)
+        self.position_start = check_int("position_start", self.position_start, minimum=0)
+        check_bool("truncation", self.truncation)
         if self.mode == "static" and self.max_length is None:
             raise ValueError("mode='static' pads every row to max_length; pass max_length=... (e.g. 128)")
         if self.truncation and self.max_length is None:
@@ -362,11 +321,16 @@ class BaseCollator:
     def _collate(self, features: Sequence[Feature]) -> dict[str, Any]:
         raise NotImplementedError
 
+    @property
+    def task_record(self) -> Task:
+        """The record of this collator's task (:data:`hf_dynmask.data.tasks.TASKS`)."""
+        return TASK_RECORDS[self.task]
+
     # -- reading -----------------------------------------------------------------------------------------------------
 
     def _label_key(self, features: Sequence[Feature]) -> str | None:
         """The label key the features carry (present in all of them), or None (inference)."""
-        for key in self.label_keys:
+        for key in self.task_record.label_keys:
             present = [key in f for f in features]
             if all(present):
                 return key
@@ -559,7 +523,6 @@ class SequenceClassificationCollator(BaseCollator):
     """
 
     task: ClassVar[str] = "sequence-classification"
-    label_keys: ClassVar[tuple[str, ...]] = ("labels", "label")
 
     def _collate(self, features: Sequence[Feature]) -> dict[str, Any]:
         columns = self._read_columns(
@@ -588,7 +551,6 @@ class TokenClassificationCollator(BaseCollator):
     """
 
     task: ClassVar[str] = "token-classification"
-    label_keys: ClassVar[tuple[str, ...]] = ("labels",)
 
     def _collate(self, features: Sequence[Feature]) -> dict[str, Any]:
         label_key = self._label_key(features)
@@ -648,10 +610,10 @@ class MaskedLMCollator(BaseCollator):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mlm_masking not in ("dynamic", "static"):
-            raise ValueError(_unknown_choice("mlm_masking", self.mlm_masking, ["dynamic", "static"]))
-        self.num_duplicates = _check_int("num_duplicates", self.num_duplicates, minimum=1)
-        self.seed = _check_int("seed", self.seed, minimum=0)
-        _check_bool("whole_word_masking", self.whole_word_masking)
+            raise ValueError(unknown_choice("mlm_masking", self.mlm_masking, ["dynamic", "static"]))
+        self.num_duplicates = check_int("num_duplicates", self.num_duplicates, minimum=1)
+        self.seed = check_int("seed", self.seed, minimum=0)
+        check_bool("whole_word_masking", self.whole_word_masking)
         for name in ("mlm_probability", "mask_replace_prob", "random_replace_prob"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -735,7 +697,6 @@ class CausalLMCollator(BaseCollator):
     """
 
     task: ClassVar[str] = "causal-lm"
-    label_keys: ClassVar[tuple[str, ...]] = ("labels",)
 
     def _collate(self, features: Sequence[Feature]) -> dict[str, Any]:
         label_key = self._label_key(features)
@@ -772,7 +733,6 @@ class QuestionAnsweringCollator(BaseCollator):
     """
 
     task: ClassVar[str] = "question-answering"
-    label_keys: ClassVar[tuple[str, ...]] = ("start_positions",)
 
     def _collate(self, features: Sequence[Feature]) -> dict[str, Any]:
         columns = self._read_columns(
@@ -863,13 +823,13 @@ class Seq2SeqCollator(BaseCollator):
         super().__post_init__()
         if self.max_target_length is None:
             self.max_target_length = self.max_length
-        self.max_target_length = _check_int("max_target_length", self.max_target_length, minimum=1)
+        self.max_target_length = check_int("max_target_length", self.max_target_length, minimum=1)
         if self.decoder_start_token_id is None:
             raise ValueError(
                 "seq2seq collation needs decoder_start_token_id=... (the model's "
                 "model.config.decoder_start_token_id, e.g. the pad id for T5, the eos id for BART)"
             )
-        self.decoder_start_token_id = _check_int("decoder_start_token_id", self.decoder_start_token_id, minimum=0)
+        self.decoder_start_token_id = check_int("decoder_start_token_id", self.decoder_start_token_id, minimum=0)
 
     def _collate(self, features: Sequence[Feature]) -> dict[str, Any]:
         for i, feature in enumerate(features):
@@ -906,29 +866,20 @@ class Seq2SeqCollator(BaseCollator):
 # Factory
 # --------------------------------------------------------------------------------------------------------------------
 
-TASKS: dict[str, type[BaseCollator]] = {
-    cls.task: cls
-    for cls in (
-        SequenceClassificationCollator,
-        TokenClassificationCollator,
-        MaskedLMCollator,
-        CausalLMCollator,
-        QuestionAnsweringCollator,
-        Seq2SeqCollator,
-    )
-}
+#: The collator class of every task, as its record (:data:`hf_dynmask.data.tasks.TASKS`) names it.
+TASKS: dict[str, type[BaseCollator]] = {name: globals()[record.collator] for name, record in TASK_RECORDS.items()}
 
 
 def make_collator(tokenizer: Any, task: str, mode: str = "dynamic", **options: Any) -> BaseCollator:
     """The collator for ``task`` in ``mode``; ``options`` are the fields of the task's class.
 
-    Tasks: ``sequence-classification``, ``token-classification``, ``masked-lm``, ``causal-lm``,
-    ``question-answering``, ``seq2seq``. Modes: ``static`` (needs ``max_length``), ``dynamic``, ``packed``.
+    Tasks: the names in :data:`hf_dynmask.data.tasks.TASKS` (``sequence-classification``, ``token-classification``,
+    ``question-answering``, ``masked-lm``, ``causal-lm``, ``seq2seq``). Modes: ``static`` (needs ``max_length``),
+    ``dynamic``, ``packed``.
     """
-    if task not in TASKS:
-        raise ValueError(_unknown_choice("task", task, sorted(TASKS)))
+    get_task(task)
     if mode not in MODES:
-        raise ValueError(_unknown_choice("mode", mode, MODES))
+        raise ValueError(unknown_choice("mode", mode, MODES))
     cls = TASKS[task]
     valid = sorted(f.name for f in fields(cls) if f.name not in ("tokenizer", "mode"))
     unknown = sorted(set(options) - set(valid))

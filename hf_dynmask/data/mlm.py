@@ -41,6 +41,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ..modeling.input_checks import IGNORE_INDEX  # the label value transformers' losses skip (re-exported here)
+
 __all__ = [
     "IGNORE_INDEX",
     "MaskedTokens",
@@ -51,9 +53,6 @@ __all__ = [
     "word_starts_from_word_ids",
     "wordpiece_continuation_table",
 ]
-
-IGNORE_INDEX = -100
-"""Label value that the cross-entropy losses of transformers ignore."""
 
 
 class MaskedTokens(NamedTuple):

@@ -33,46 +33,27 @@ from typing import Any, Literal
 
 import torch
 
-from .collators import _check_int, _unknown_choice, tokenize_and_align
+from .collators import tokenize_and_align
+from .options import check_int
+from .tasks import TASKS, get_task
 
 __all__ = [
     "DEFAULT_COLUMNS",
     "PREPARED_TASKS",
     "TokenBudgetStream",
+    "dataset_columns",
     "example_length",
     "is_iterable_dataset",
     "prepare_dataset",
 ]
 
-#: Raw column names read by :func:`prepare_dataset`, per role; override per call with ``columns=``.
+#: Raw column names read by :func:`prepare_dataset`, per role (each role's default column has the role's name, the
+#: roles are those of the task records); override per call with ``columns=``.
 DEFAULT_COLUMNS: dict[str, str] = {
-    "text": "text",
-    "text_pair": "text_pair",
-    "label": "label",
-    "tokens": "tokens",
-    "tags": "tags",
-    "question": "question",
-    "context": "context",
-    "answers": "answers",
-    "source": "source",
-    "target": "target",
+    role: role for task in TASKS.values() for role in (*task.prepare_roles, *task.optional_prepare_roles)
 }
-PREPARED_TASKS = (
-    "sequence-classification",
-    "token-classification",
-    "question-answering",
-    "masked-lm",
-    "causal-lm",
-    "seq2seq",
-)
-_INPUT_COLUMNS = {
-    "sequence-classification": ("text",),
-    "token-classification": ("tokens",),
-    "question-answering": ("question", "context"),
-    "masked-lm": ("text",),
-    "causal-lm": ("text",),
-    "seq2seq": ("source",),
-}
+#: The tasks :func:`prepare_dataset` prepares: every task of :data:`hf_dynmask.data.tasks.TASKS`.
+PREPARED_TASKS = tuple(TASKS)
 
 
 def is_iterable_dataset(dataset: Any) -> bool:
@@ -83,7 +64,9 @@ def is_iterable_dataset(dataset: Any) -> bool:
     return module is not None and isinstance(dataset, module.IterableDataset)
 
 
-def _columns_of(dataset: Any) -> list[str] | None:
+def dataset_columns(dataset: Any) -> list[str] | None:
+    """The column names of a ``datasets`` dataset (its ``column_names``, else its typed ``features``); None for a
+    dataset that does not know them (a list, a torch ``Dataset``, an untyped stream)."""
     names = getattr(dataset, "column_names", None)
     if isinstance(names, list | tuple):
         return list(names)
@@ -130,9 +113,8 @@ def prepare_dataset(
     Returns the mapped dataset: the raw columns are replaced by the features the collators read and
     ``length_column``.
     """
-    if task not in PREPARED_TASKS:
-        raise ValueError(_unknown_choice("task", task, list(PREPARED_TASKS)))
-    max_length = _check_int("max_length", max_length, minimum=1)
+    roles = get_task(task).prepare_roles
+    max_length = check_int("max_length", max_length, minimum=1)
     unknown = sorted(set(columns or {}) - set(DEFAULT_COLUMNS))
     if unknown:
         raise ValueError(f"unknown column role(s) {unknown}; roles are {sorted(DEFAULT_COLUMNS)}")
@@ -145,13 +127,13 @@ def prepare_dataset(
                 "e.g. max_length=384, doc_stride=128"
             )
     names = {**DEFAULT_COLUMNS, **(columns or {})}
-    present = _columns_of(dataset)
+    present = dataset_columns(dataset)
     if present is not None:
-        missing = [names[role] for role in _INPUT_COLUMNS[task] if names[role] not in present]
+        missing = [names[role] for role in roles if names[role] not in present]
         if missing:
             raise ValueError(
                 f"{task}: the dataset has no column {missing} (columns: {present}); name the right ones with "
-                f"columns={{role: column}}, roles {list(_INPUT_COLUMNS[task])}"
+                f"columns={{role: column}}, roles {list(roles)}"
             )
         if length_column in present:
             raise ValueError(f"the dataset already has a {length_column!r} column; pass another length_column=")
@@ -264,6 +246,7 @@ def _seq2seq(batch, tokenizer, names, max_length, _label_all) -> dict[str, list[
     return {key: list(values) for key, values in encoding.items() if key != "token_type_ids"}
 
 
+# How each task's raw columns become the features its collator reads: one function per task of TASKS.
 _TOKENIZERS = {
     "sequence-classification": _sequence_classification,
     "token-classification": _token_classification,

@@ -26,18 +26,20 @@ So ``model.save_pretrained``, ``model.push_to_hub``, ``Trainer.save_model``, Tra
 Where hf_dynmask is imported, its registered classes load the folder (transformers prefers a registered class to an
 ``auto_map``, with or without ``trust_remote_code``).
 
-This module adds the explicit forms: :func:`save_with_code` saves a tokenizer into the same folder and checks that
-every shipped file imports only the standard library, torch, transformers and its shipped siblings
-(:func:`check_shipped_code`); :func:`push_to_hub_with_code` uploads that folder and a model card in one commit through
-``HfApi.create_repo`` and ``HfApi.create_commit``, the two calls transformers' ``push_to_hub`` makes. Unlike
-``push_to_hub`` it does not read the repository's model card first (a network call); pass ``model_card`` to upload
-one.
+This module adds the explicit forms: :func:`save_with_code` saves a tokenizer into the same folder, replaces the
+weights of an earlier save there as a whole (``save_pretrained`` leaves an earlier save's index, or its unsharded
+file, next to the new weights) and checks that every shipped file imports only the standard library, torch,
+transformers and its shipped siblings (:func:`check_shipped_code`); :func:`push_to_hub_with_code` uploads that
+folder and a model card in one commit through ``HfApi.create_repo`` and ``HfApi.create_commit``, the two calls
+transformers' ``push_to_hub`` makes. Unlike ``push_to_hub`` it does not read the repository's model card first (a
+network call); pass ``model_card`` to upload one.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.metadata
+import os
 import re
 import sys
 import tempfile
@@ -144,10 +146,17 @@ def save_with_code(
     """``model.save_pretrained(save_directory, **save_kwargs)`` (weights, config, code, complete ``auto_map``), the
     tokenizer in the same folder, and a check that the shipped code loads without hf_dynmask.
 
+    The folder then holds one complete save: the model is saved into a temporary folder inside ``save_directory``,
+    its files are moved in, and the weight files of an earlier save of the same ``variant`` that the new save does
+    not overwrite are removed (``model.safetensors``, ``model-0000i-of-0000n.safetensors`` shards and
+    ``model.safetensors.index.json``, and their ``pytorch_model`` ``.bin`` forms). ``save_pretrained`` alone removes
+    only stale shards, so a sharded save over an unsharded one would load the old ``model.safetensors``, and an
+    unsharded save over a sharded one would leave an index naming deleted shards.
+
     Args:
         model: a DynMask model (``DynMaskModel`` or one of its heads).
-        save_directory: a folder, created if needed (not a file). Only the shipped code files are checked: other
-            files already in the folder are left alone, whatever they import.
+        save_directory: a folder, created if needed (not a file). Only the shipped code files are checked and only
+            earlier weight files are removed: other files already in the folder are left alone, whatever they hold.
         tokenizer: optional tokenizer (or processor) saved in the same folder, so one path loads both.
         save_kwargs: passed to ``save_pretrained`` (``max_shard_size``, ``is_main_process``, ``state_dict``...);
             not ``push_to_hub`` (use :func:`push_to_hub_with_code`, which uploads the same folder).
@@ -162,13 +171,41 @@ def save_with_code(
         raise NotADirectoryError(
             f"save_directory {str(directory)!r} is a file; pass a folder path (it is created if missing)"
         )
-    model.save_pretrained(directory, **save_kwargs)
+    if not save_kwargs.get("is_main_process", True):  # the main process writes the folder
+        model.save_pretrained(directory, **save_kwargs)
+        return SavedModel(directory, (), dict(model.config.auto_map))
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".save_with_code-", dir=directory) as staging:
+        model.save_pretrained(staging, **save_kwargs)
+        _move_save_into(Path(staging), directory, save_kwargs.get("variant"))
     entries = dict(model.config.auto_map)
-    if not save_kwargs.get("is_main_process", True):
-        return SavedModel(directory, (), entries)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return SavedModel(directory, check_shipped_code(directory, _shipped_files(model)), entries)
+
+
+def _weight_files(variant: str | None) -> re.Pattern[str]:
+    """The names of the weight files a save of ``variant`` writes, in the forms transformers uses: unsharded,
+    ``-0000i-of-0000n`` shards and the shard index; safetensors and ``.bin``."""
+    v = re.escape(f".{variant}") if variant else ""
+    shard = r"(-\d{5}-of-\d{5})?"
+    return re.compile(
+        rf"model{v}{shard}\.safetensors|model\.safetensors\.index{v}\.json"
+        rf"|pytorch_model{v}{shard}\.bin|pytorch_model\.bin\.index{v}\.json"
+    )
+
+
+def _move_save_into(staging: Path, directory: Path, variant: str | None) -> None:
+    """Move the files ``save_pretrained`` wrote in ``staging`` into ``directory``, then remove the weight files of
+    ``variant`` there that the new save did not write (an earlier save's)."""
+    written = set()
+    for path in staging.iterdir():
+        os.replace(path, directory / path.name)
+        written.add(path.name)
+    weights = _weight_files(variant)
+    for path in directory.iterdir():
+        if path.name not in written and weights.fullmatch(path.name) and path.is_file():
+            path.unlink()
 
 
 def _shipped_files(model: PreTrainedModel) -> list[str]:

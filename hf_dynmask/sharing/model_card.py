@@ -30,11 +30,13 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..data.collators import MODES, Mode
+from ..data.tasks import TASKS as TASK_RECORDS
+from ..data.tasks import ModelCardNames
 
 #: The template rendered by :func:`make_model_card`, shipped as package data.
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
@@ -44,26 +46,12 @@ Masking = Literal["static", "dynamic"]
 MASKINGS: tuple[str, ...] = typing.get_args(Masking)
 
 
-class TaskInfo(NamedTuple):
-    """How the Hub and transformers name a training task of hf_dynmask (the collators' task names)."""
+#: How the Hub and transformers name a task's model (pipeline tag, Auto class, DynMask class).
+TaskInfo = ModelCardNames
 
-    pipeline_tag: str
-    auto_class: str
-    model_class: str
-
-
+#: The tasks model cards cover, with their names: every task whose record (hf_dynmask.data.tasks) has model-card names.
 TASKS: dict[str, TaskInfo] = {
-    "masked-lm": TaskInfo("fill-mask", "AutoModelForMaskedLM", "DynMaskForMaskedLM"),
-    "causal-lm": TaskInfo("text-generation", "AutoModelForCausalLM", "DynMaskForCausalLM"),
-    "sequence-classification": TaskInfo(
-        "text-classification", "AutoModelForSequenceClassification", "DynMaskForSequenceClassification"
-    ),
-    "token-classification": TaskInfo(
-        "token-classification", "AutoModelForTokenClassification", "DynMaskForTokenClassification"
-    ),
-    "question-answering": TaskInfo(
-        "question-answering", "AutoModelForQuestionAnswering", "DynMaskForQuestionAnswering"
-    ),
+    name: record.model_card for name, record in TASK_RECORDS.items() if record.model_card is not None
 }
 
 MODE_TEXT = {

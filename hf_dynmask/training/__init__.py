@@ -4,13 +4,14 @@ Uses :mod:`hf_dynmask.modeling` and :mod:`hf_dynmask.data`; nothing below import
 
     trainer.py      DynMaskTrainer, DynMaskTrainingArguments
     callbacks.py    PaddingStatsCallback, SetEpochCallback
-    checks.py       check_packed_support, check_collator_for_model, collator_mode, check_training_labels
+    checks.py       check_packed_support, check_collator_for_model, collator_for_model, collator_mode,
+                    check_training_labels
     evaluation.py   compute_metrics factories that regroup packed predictions per example
     metrics/        offline evaluate modules (accuracy, f1, seqeval, squad)
 """
 
 from .callbacks import PaddingStatsCallback, SetEpochCallback
-from .checks import check_collator_for_model, check_packed_support, collator_mode
+from .checks import check_collator_for_model, check_packed_support, collator_for_model, collator_mode
 from .trainer import DynMaskTrainer, DynMaskTrainingArguments
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "SetEpochCallback",
     "check_collator_for_model",
     "check_packed_support",
+    "collator_for_model",
     "collator_mode",
 ]

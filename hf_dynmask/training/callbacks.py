@@ -41,7 +41,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ..data.collators import token_counts
-from .checks import check_collator_for_model, unwrap_collator
+from .checks import collator_for_model, unwrap_collator
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,14 @@ def _samplers(loader: Any) -> Iterator[Any]:
         seen.add(id(obj))
         yield obj
         stack += [getattr(obj, "batch_sampler", None), getattr(obj, "sampler", None)]
+
+
+def _set_collate_fn(loader: Any, collate_fn: Any) -> None:
+    """Give ``loader`` a new collate function before its next epoch: on the torch ``DataLoader`` that iterates, which
+    reads it when the epoch's iterator is made (accelerate's ``DataLoaderShard`` delegates to ``.base_dataloader``)."""
+    while getattr(loader, "base_dataloader", None) is not None:
+        loader = loader.base_dataloader
+    loader.collate_fn = collate_fn
 
 
 class CountingCollator:
@@ -86,7 +94,9 @@ class PaddingStatsCallback(TrainerCallback, ExportableState):
 
     At ``on_train_begin`` it also refuses a packed collator with a model that cannot keep packed sequences apart
     (:func:`~.checks.check_collator_for_model`), so a stock ``Trainer`` with this callback fails before the first
-    step instead of training on cross-contaminated batches.
+    step instead of training on cross-contaminated batches; and where the training DataLoader's collator is an
+    hf_dynmask packed collator left at ``position_start=None``, it gives the DataLoader a copy that numbers positions
+    from the model's start (:func:`~.checks.collator_for_model`; the collator passed to the Trainer is not changed).
     """
 
     def __init__(self) -> None:
@@ -182,7 +192,10 @@ class PaddingStatsCallback(TrainerCallback, ExportableState):
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
         if model is not None and train_dataloader is not None:
-            check_collator_for_model(model, getattr(train_dataloader, "collate_fn", None))
+            collate_fn = getattr(train_dataloader, "collate_fn", None)
+            for_model = collator_for_model(model, collate_fn)
+            if for_model is not collate_fn:
+                _set_collate_fn(train_dataloader, for_model)
         saved = state.stateful_callbacks.get(type(self).__name__) if state.global_step > 0 else None
         if isinstance(saved, dict):  # resumed from a checkpoint: continue its totals
             for name, value in saved.get("attributes", {}).items():

@@ -20,11 +20,15 @@ Everything else is refused with what to use instead: dynamic padding (``make_col
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Any, Literal
 
 import torch
 
 from ..data.collators import BaseCollator
+from ..data.prepare import dataset_columns
+from ..data.tasks import TASKS
 from ..modeling.families import (
     DYNMASK_FAMILY,
     VERIFIED_FAMILIES,
@@ -42,8 +46,10 @@ __all__ = [
     "check_collator_for_model",
     "check_packed_support",
     "check_training_labels",
+    "collator_for_model",
     "collator_mode",
     "unwrap_collator",
+    "unwrap_model",
 ]
 
 #: Attention implementations of stock transformers models that keep the sequences of a packed row apart.
@@ -77,7 +83,7 @@ _REFUSED_BECAUSE = {
 }
 
 
-def _unwrap_model(model: Any) -> Any:
+def unwrap_model(model: Any) -> Any:
     """The model inside DDP / accelerate (``.module``), ``torch.compile`` (``._orig_mod``) and PEFT
     (``get_base_model()``) wrappers."""
     for _ in range(10):
@@ -90,6 +96,9 @@ def _unwrap_model(model: Any) -> Any:
         else:
             break
     return model
+
+
+_unwrap_model = unwrap_model  # the name check_packed_support uses
 
 
 def check_packed_support(model: Any, boundaries: Boundaries = "cu_seq_lens") -> None:
@@ -192,53 +201,64 @@ def _collator_position_start(collator: Any) -> int | None:
     return int(getattr(collator, "position_ids_start", 0))
 
 
-def check_collator_for_model(model: Any, collate_fn: Any) -> None:
+def check_collator_for_model(model: Any, collate_fn: Any) -> int | None:
     """Before the first step: can ``model`` take what ``collate_fn`` makes? Raise ``ValueError`` if not.
 
     For packed and flattened collators: :func:`check_packed_support` with the collator's kind of boundaries, rows
     that carry position ids, and the collator's first position id equal to the model's (RoBERTa-style models number
-    positions from ``padding_idx + 1``). An hf_dynmask packed collator left at ``position_start=None`` takes the
-    model's here.
+    positions from ``padding_idx + 1``). An hf_dynmask packed collator left at ``position_start=None`` is accepted: it
+    must number positions from the returned value (:func:`collator_for_model` makes such a copy of it).
+
+    Returns the model's first position id for a packed or flattened collator, None for any other. Neither the model
+    nor the collator is changed.
     """
     collator = unwrap_collator(collate_fn)
     mode = collator_mode(collator)
     if mode not in PACKED_MODES:
-        return
+        return None
     if type(collator).__name__ == "DataCollatorWithFlattening" and not getattr(collator, "return_position_ids", True):
         raise ValueError(
             f"{type(collator).__name__}(return_position_ids=False) makes rows of several sequences without position "
             "ids: every model would number positions over the whole row. Keep return_position_ids=True"
         )
     check_packed_support(model, "cu_seq_lens" if mode == "packed" else "position_ids")
-    config = getattr(_unwrap_model(model), "config", None)
+    config = getattr(unwrap_model(model), "config", None)
     expected = position_start_of(config)
     given = _collator_position_start(collator)
-    if given is None:
-        collator.position_start = expected
-        return
-    if given != expected:
+    if given is not None and given != expected:
         option = "position_start" if isinstance(collator, BaseCollator) else "position_ids_start"
         raise ValueError(
-            f"the packed collator numbers positions from {given} but {type(_unwrap_model(model)).__name__} numbers "
+            f"the packed collator numbers positions from {given} but {type(unwrap_model(model)).__name__} numbers "
             f"them from {expected}" + (" (padding_idx + 1)" if expected else "") + f": set {option}={expected} "
             f"(or leave an hf_dynmask collator's position_start unset and it follows the model)"
         )
+    return expected
 
 
-# Label columns a training dataset must carry, per collator task (None: the collator makes the labels).
-_REQUIRED_LABELS: dict[str, tuple[str, ...] | None] = {
-    "sequence-classification": ("labels", "label"),
-    "token-classification": ("labels",),
-    "question-answering": ("start_positions",),
-    "seq2seq": ("labels",),
-    "masked-lm": None,
-    "causal-lm": None,
-}
+def collator_for_model(model: Any, collate_fn: Any) -> Any:
+    """``collate_fn`` as ``model`` needs it, after :func:`check_collator_for_model` (which raises for a mismatch).
+
+    Where the collator inside ``collate_fn`` is an hf_dynmask packed collator left at ``position_start=None`` (which
+    numbers from 0) and the model numbers from another position (RoBERTa-style models): a copy of it that numbers
+    positions from the model's (``dataclasses.replace``, so its randomness starts again from its seed and its epoch
+    from 0), inside shallow copies of the wrappers around it (:func:`unwrap_collator`). Otherwise ``collate_fn``
+    itself. The objects given are never changed: the caller's collator keeps ``position_start=None``.
+    """
+    start = check_collator_for_model(model, collate_fn)
+    collator = unwrap_collator(collate_fn)
+    if not start or not isinstance(collator, BaseCollator) or collator.position_start is not None:
+        return collate_fn
+    return _rewrapped(collate_fn, dataclasses.replace(collator, position_start=start))
 
 
-def _column_names(dataset: Any) -> list[str] | None:
-    names = getattr(dataset, "column_names", None)
-    return list(names) if isinstance(names, list | tuple) else None
+def _rewrapped(collate_fn: Any, collator: Any, depth: int = 0) -> Any:
+    """``collate_fn`` with the collator inside its wrappers replaced by ``collator``; each wrapper shallow-copied."""
+    attribute = _wrapped_attribute(collate_fn)
+    if attribute is None or depth >= _MAX_WRAPPERS:
+        return collator
+    outer = copy.copy(collate_fn)
+    setattr(outer, attribute, _rewrapped(getattr(collate_fn, attribute), collator, depth + 1))
+    return outer
 
 
 def check_training_labels(dataset: Any, collator: Any) -> None:
@@ -248,9 +268,9 @@ def check_training_labels(dataset: Any, collator: Any) -> None:
     trainer also checks every batch.
     """
     task = getattr(unwrap_collator(collator), "task", None)
-    required = _REQUIRED_LABELS.get(task) if task else None
-    names = _column_names(dataset)
-    if required is None or names is None:
+    required = TASKS[task].training_labels if task in TASKS else ()
+    names = dataset_columns(dataset)
+    if not required or names is None:
         return
     if not any(key in names for key in required):
         raise ValueError(
@@ -266,10 +286,20 @@ def unwrap_collator(collate_fn: Any) -> Any:
     Follows transformers' ``RemoveColumnsCollator`` (``.data_collator``) and :class:`CountingCollator`
     (``.collator``).
     """
-    seen = 0
-    while seen < 10:
-        inner = getattr(collate_fn, "data_collator", None) or getattr(collate_fn, "collator", None)
-        if inner is None:
+    for _ in range(_MAX_WRAPPERS):
+        attribute = _wrapped_attribute(collate_fn)
+        if attribute is None:
             return collate_fn
-        collate_fn, seen = inner, seen + 1
+        collate_fn = getattr(collate_fn, attribute)
     return collate_fn
+
+
+_MAX_WRAPPERS = 10
+
+
+def _wrapped_attribute(collate_fn: Any) -> str | None:
+    """The attribute holding the collator a wrapper wraps (``data_collator`` or ``collator``), None if not one."""
+    for attribute in ("data_collator", "collator"):
+        if getattr(collate_fn, attribute, None):
+            return attribute
+    return None

@@ -60,8 +60,9 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-from ..data.mlm import IGNORE_INDEX
+from ..data.tasks import TASKS, get_task
 from ..modeling.configuration_dynmask import did_you_mean
+from ..modeling.input_checks import IGNORE_INDEX
 from .metrics.accuracy.accuracy import accuracy_score
 from .metrics.f1.f1 import AVERAGES, f1_score
 from .metrics.seqeval.seqeval import entity_scores
@@ -81,7 +82,8 @@ __all__ = [
     "token_classification_metrics",
 ]
 
-PACKED_TOKEN_LABEL_NAMES: tuple[str, ...] = ("labels", "seq_idx")
+#: What packed token-classification evaluation gathers: the labels and the boundaries of every packed row.
+PACKED_TOKEN_LABEL_NAMES: tuple[str, ...] = tuple(TASKS["token-classification"].label_names("packed"))
 
 TokenTask = Literal["ner", "pos"]
 TOKEN_TASKS: tuple[str, ...] = typing.get_args(TokenTask)
@@ -109,16 +111,13 @@ class Span(NamedTuple):
 
 
 def eval_label_names(task: str, mode: str) -> list[str]:
-    """The ``TrainingArguments.label_names`` that make the Trainer gather what these metrics need.
+    """The ``TrainingArguments.label_names`` that make the Trainer gather what these metrics need (the task record's,
+    :meth:`hf_dynmask.data.tasks.Task.label_names`); ``ValueError`` for a task hf_dynmask does not know.
 
     >>> eval_label_names("token-classification", "packed"), eval_label_names("token-classification", "dynamic")
     (['labels', 'seq_idx'], ['labels'])
     """
-    if task == "question-answering":
-        return ["start_positions", "end_positions"]
-    if task == "token-classification" and mode == "packed":
-        return list(PACKED_TOKEN_LABEL_NAMES)
-    return ["labels"]
+    return get_task(task).label_names(mode)
 
 
 # --------------------------------------------------------------------------------------------------------------------

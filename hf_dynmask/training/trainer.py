@@ -19,9 +19,10 @@ batch sampler to change, which a collator cannot do. :class:`DynMaskTrainer` wit
 Safety. A packed batch is one row ``(1, N)`` whose sequence boundaries are in ``cu_seq_lens_q`` / ``seq_idx``; a
 model that ignores them attends across sequences without any error. :func:`~.checks.check_collator_for_model`
 refuses such a model (:func:`~.checks.check_packed_support`) and a packed collator whose first position id is not the
-model's (it sets an hf_dynmask collator's ``position_start`` left at None to the model's). It runs in
-:class:`DynMaskTrainer` (at construction and before training, evaluation and prediction) and in
-:class:`~.callbacks.PaddingStatsCallback` (at ``on_train_begin``). A stock ``Trainer`` without either never shows the
+model's; an hf_dynmask collator left at ``position_start=None`` is replaced by a copy that follows the model
+(:func:`~.checks.collator_for_model`; the collator passed in is not changed). It runs in :class:`DynMaskTrainer` (at
+construction and before training, evaluation and prediction) and in :class:`~.callbacks.PaddingStatsCallback` (at
+``on_train_begin``). A stock ``Trainer`` without either never shows the
 model to hf_dynmask: a DynMask model is safe anyway (it reads the boundaries, and refuses a row whose positions
 restart without them), and so is a verified stock family on ``dynmask_varlen`` at the attention level (it refuses
 positions that do not restart per sequence), but nothing there can see a head that pools whole rows, so call
@@ -44,17 +45,17 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import seed_worker
 
 from ..data.packing import TokenBudgetBatchSampler
-from ..data.prepare import TokenBudgetStream, example_length, is_iterable_dataset
+from ..data.prepare import TokenBudgetStream, dataset_columns, example_length, is_iterable_dataset
+from ..data.tasks import TASKS
 from ..modeling.modeling_dynmask import DynMaskForTokenClassification
 from .callbacks import PaddingStatsCallback, SetEpochCallback
 from .checks import (
     PACKED_MODES,
-    _column_names,
-    _unwrap_model,
-    check_collator_for_model,
     check_training_labels,
+    collator_for_model,
     collator_mode,
     unwrap_collator,
+    unwrap_model,
 )
 from .evaluation import eval_label_names
 
@@ -62,8 +63,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DynMaskTrainer", "DynMaskTrainingArguments"]
 
-# Feature columns hf_dynmask collators read besides input_ids and the labels.
-_COLLATOR_COLUMNS = ("token_type_ids", "special_tokens_mask", "word_ids", "start_positions", "end_positions")
+# Dataset columns hf_dynmask collators read besides input_ids and attention_mask, over every task.
+_COLLATOR_COLUMNS = tuple(dict.fromkeys(column for task in TASKS.values() for column in task.feature_columns))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -130,7 +131,9 @@ class DynMaskTrainer(Trainer):
     Takes the Trainer's arguments. On top of the stock Trainer:
 
     - refuses a packed collator with a model that cannot keep packed sequences apart (:func:`check_packed_support`),
-      and a training dataset or batch without the labels its task needs;
+      and a training dataset or batch without the labels its task needs; a packed hf_dynmask collator left at
+      ``position_start=None`` becomes a copy numbering positions from the model's start (``trainer.data_collator``;
+      the collator passed in is not changed);
     - with ``args.token_budget`` (:class:`DynMaskTrainingArguments`), trains on token-budget batches: a map-style
       dataset through :class:`~hf_dynmask.data.packing.TokenBudgetBatchSampler` (per-epoch reshuffle, disjoint shards
       per process, same number of batches on every process, deterministic so resuming skips to the same batch), an
@@ -175,8 +178,8 @@ class DynMaskTrainer(Trainer):
         return getattr(self.args, "token_budget", None)
 
     def _check_setup(self, labels: bool = True) -> None:
-        if self.model is not None:
-            check_collator_for_model(self.model, self.data_collator)
+        if self.model is not None:  # a copy that numbers positions from the model's start, where it needs one
+            self.data_collator = collator_for_model(self.model, self.data_collator)
         if labels and self.train_dataset is not None:
             check_training_labels(self.train_dataset, self.data_collator)
 
@@ -192,7 +195,7 @@ class DynMaskTrainer(Trainer):
             return
         missing = [name for name in needed if name not in self.args.label_names]
         # A DynMask token-classification model returns each packed batch's seq_idx with its logits itself.
-        if missing and not isinstance(_unwrap_model(self.model), DynMaskForTokenClassification):
+        if missing and not isinstance(unwrap_model(self.model), DynMaskForTokenClassification):
             raise ValueError(
                 f"TrainingArguments(label_names={self.args.label_names}) leaves out {missing}, which {mode} "
                 f"{task} evaluation needs: compute_metrics would score each packed row as one example. Pass "
@@ -210,7 +213,7 @@ class DynMaskTrainer(Trainer):
         """The sampler over ``dataset``'s lengths: the length column, else the ``input_ids`` token lists."""
         assert self._token_budget is not None
         column = self.args.length_column_name
-        names = _column_names(dataset)
+        names = dataset_columns(dataset)
         if names is not None and column not in names:
             if "input_ids" not in names:
                 raise ValueError(

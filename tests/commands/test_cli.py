@@ -336,7 +336,7 @@ def test_inspect_missing_file(tiny_dir, capsys):
 
 def test_inspect_bad_tokenizer(tmp_path, capsys):
     code, _, err = run(["inspect", "--tokenizer", tmp_path / "nothing-here"], capsys)
-    assert_one_line_error(code, err, "could not load a tokenizer")
+    assert_one_line_error(code, err, "nothing-here' does not exist; pass a folder holding a saved tokenizer")
 
 
 def test_inspect_budget_below_longest_example(tiny_dir, tmp_path, capsys):

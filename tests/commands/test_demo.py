@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from hf_dynmask.commands import demo
+from hf_dynmask.commands import cli, demo
 from hf_dynmask.commands.demo import DemoSettings, run_demo
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def settings(output_dir: Path, seed: int = 0) -> DemoSettings:
@@ -139,3 +142,42 @@ def test_output_dir_is_checked_before_training(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="holds the current directory"):
         run_demo(settings(Path(".")))
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "years of work"
+
+
+# -- the default output folder ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_default_output_folder_never_lands_in_a_checkout_unnoticed(tmp_path, monkeypatch, capsys):
+    """./hf_dynmask_demo outside git checkouts, and inside one only where its .gitignore covers it; otherwise the
+    demo asks for --output-dir (one line, exit status 1) and writes nothing."""
+    (tmp_path / "plain").mkdir()
+    monkeypatch.chdir(tmp_path / "plain")
+    assert DemoSettings.tiny().output_dir == Path("hf_dynmask_demo")
+    checkout = tmp_path / "checkout"
+    (checkout / "src").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=checkout, check=True, capture_output=True)
+    monkeypatch.chdir(checkout / "src")
+    with pytest.raises(ValueError, match=f"would land inside the git checkout {checkout}.*pass --output-dir DIR"):
+        DemoSettings.tiny()
+    assert DemoSettings.tiny(output_dir=tmp_path / "mine").output_dir == tmp_path / "mine"  # a folder given wins
+    assert cli.main(["demo", "--tiny", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err and "pass --output-dir DIR" in err
+    assert not (checkout / "src" / "hf_dynmask_demo").exists()
+    (checkout / ".gitignore").write_text("hf_dynmask_demo/\n")
+    assert DemoSettings.tiny().output_dir == Path("hf_dynmask_demo")
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (REPOSITORY / ".git").exists(), reason="needs a git checkout")
+def test_the_readmes_demo_run_from_the_checkout_writes_to_an_ignored_folder(monkeypatch, capsys):
+    """The README's set-up runs ``hf-dynmask demo`` from the repository root: this repository's .gitignore covers the
+    default folder, and the README and ``--help`` say where the demo writes."""
+    monkeypatch.chdir(REPOSITORY)
+    assert DemoSettings.tiny().output_dir == Path("hf_dynmask_demo")
+    setup = (REPOSITORY / "README.md").read_text().split("## Set-up")[1].split("\n## ")[0]
+    assert "`./hf_dynmask_demo`" in setup and "`.gitignore`" in setup
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "./hf_dynmask_demo, except inside a git checkout whose .gitignore" in help_text

@@ -405,11 +405,11 @@ def test_property_packed_equals_unpadded_dynamic(lens, side, multiple):
 
 
 def test_unknown_task_mode_option(tok):
-    with pytest.raises(ValueError, match="choose one of .*question-answering"):
+    with pytest.raises(ValueError, match="task must be one of .*question-answering.*got 'summarization'"):
         make_collator(tok, "summarization")
-    with pytest.raises(ValueError, match=r"choose one of \['static', 'dynamic', 'packed'\]"):
+    with pytest.raises(ValueError, match=r"mode must be one of \['static', 'dynamic', 'packed'\]"):
         make_collator(tok, "causal-lm", "ragged")
-    with pytest.raises(ValueError, match="choose one of"):
+    with pytest.raises(ValueError, match="mode must be one of"):
         CausalLMCollator(tok, mode="ragged")
     with pytest.raises(ValueError, match="valid options: .*max_length"):
         make_collator(tok, "causal-lm", max_lenght=3)

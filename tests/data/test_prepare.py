@@ -207,7 +207,7 @@ def test_streaming_dataset_is_tokenized_lazily(minilm_tokenizer):
 
 def test_prepare_dataset_errors(minilm_tokenizer):
     texts = datasets.Dataset.from_list([{"sentence": "x", "length": 1}])
-    with pytest.raises(ValueError, match="unknown task"):
+    with pytest.raises(ValueError, match="task must be one of .*seq2seq.*got 'translation'"):
         prepare_dataset(texts, minilm_tokenizer, "translation")
     with pytest.raises(ValueError, match=r"no column \['text'\].*columns=\{role: column\}"):
         prepare_dataset(texts, minilm_tokenizer, "sequence-classification")

@@ -607,3 +607,31 @@ def test_refuses_other_models_and_push_inside_save(tmp_path):
     with pytest.raises(ValueError, match="use push_to_hub_with_code"):
         save_with_code(DynMaskModel(_config()), tmp_path, push_to_hub=True)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("first", "second"), [("sharded", "unsharded"), ("unsharded", "sharded")])
+def test_saving_again_leaves_one_complete_save(tmp_path, first, second):
+    """A save over an earlier one replaces its weight files as a whole: no index naming deleted shards after an
+    unsharded save, no old ``model.safetensors`` (which transformers would load instead of the new shards) after a
+    sharded one. Other files, another variant's weights included, stay."""
+    options = {"sharded": {"max_shard_size": "20KB"}, "unsharded": {}}
+    torch.manual_seed(0)
+    old = DynMaskModel(_config())
+    torch.manual_seed(1)
+    new = DynMaskModel(_config())
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "model.fp16.safetensors").write_bytes(b"another variant")
+    save_with_code(old, tmp_path, **options[first])
+    save_with_code(new, tmp_path, **options[second])
+    weights = {p.name for p in tmp_path.glob("model*") if p.suffix != ".py"} - {"model.fp16.safetensors"}
+    if second == "sharded":
+        index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+        assert weights == {"model.safetensors.index.json", *index["weight_map"].values()} and len(weights) > 2
+    else:
+        assert weights == {"model.safetensors"}
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "model.fp16.safetensors").read_bytes() == b"another variant"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+    reloaded = DynMaskModel.from_pretrained(tmp_path)
+    for name, tensor in new.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], tensor), name

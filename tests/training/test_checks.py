@@ -31,7 +31,13 @@ from hf_dynmask import DynMaskConfig, make_collator
 from hf_dynmask.modeling.families import VERIFIED_FAMILIES, head_of, position_start_of
 from hf_dynmask.modeling.modeling_dynmask import DynMaskForTokenClassification
 from hf_dynmask.training.callbacks import PaddingStatsCallback
-from hf_dynmask.training.checks import check_collator_for_model, check_packed_support, collator_mode
+from hf_dynmask.training.checks import (
+    check_collator_for_model,
+    check_packed_support,
+    collator_for_model,
+    collator_mode,
+    unwrap_collator,
+)
 from hf_dynmask.training.trainer import DynMaskTrainer
 
 AUTO_CLASSES = {
@@ -201,11 +207,16 @@ def test_roberta_position_start_follows_the_model_or_is_refused():
     roberta = on_meta("roberta", AutoModelForTokenClassification, num_hidden_layers=1, pad_token_id=1)
     assert position_start_of(roberta.config) == 2
     collator = make_collator(_Tokenizer(), "token-classification", "packed")
-    assert collator.position_start is None
-    check_collator_for_model(roberta, collator)
-    assert collator.position_start == 2  # taken from the model
-    batch = collator([{"input_ids": [5, 6, 7], "labels": [0, 1, 2]}, {"input_ids": [8, 9], "labels": [1, 1]}])
-    assert batch["position_ids"].tolist() == [[2, 3, 4, 2, 3]]
+    assert check_collator_for_model(roberta, collator) == 2  # the model's first position, returned
+    assert collator.position_start is None  # the check changes nothing
+    for_model = collator_for_model(roberta, collator)
+    assert collator.position_start is None and for_model is not collator and for_model.position_start == 2
+    features = [{"input_ids": [5, 6, 7], "labels": [0, 1, 2]}, {"input_ids": [8, 9], "labels": [1, 1]}]
+    assert for_model(features)["position_ids"].tolist() == [[2, 3, 4, 2, 3]]
+    assert collator(features)["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    given = make_collator(_Tokenizer(), "token-classification", "packed", position_start=2)
+    assert collator_for_model(roberta, given) is given  # nothing to change: the same object
+    assert check_collator_for_model(roberta, make_collator(_Tokenizer(), "token-classification")) is None
     wrong = make_collator(_Tokenizer(), "token-classification", "packed", position_start=0)
     with pytest.raises(
         ValueError, match="numbers positions from 0 but RobertaForTokenClassification numbers them from 2"
@@ -258,13 +269,34 @@ def test_a_stock_trainer_with_the_callback_refuses_a_position_mismatch(tmp_path)
 
 
 def test_dynmask_trainer_gives_an_unset_position_start_the_models(tmp_path):
-    """RoBERTa trains packed with the collator's default: the trainer sets position_start to padding_idx + 1 (with 0
-    the attention would refuse the first batch)."""
+    """RoBERTa trains packed with the collator's default: the trainer numbers positions from padding_idx + 1 (with 0
+    the attention would refuse the first batch), with a copy of the collator; the caller's is not changed."""
     model = tiny("roberta", AutoModelForTokenClassification, pad_token_id=1, max_position_embeddings=64)
     collator = make_collator(_Tokenizer(), "token-classification", "packed")
     trainer = DynMaskTrainer(
         model=model, args=args(tmp_path), train_dataset=token_rows().remove_columns("label"), data_collator=collator
     )
-    assert collator.position_start == 2
+    assert unwrap_collator(trainer.data_collator).position_start == 2
     trainer.train()
     assert trainer.state.global_step == 1
+    assert collator.position_start is None
+
+
+def test_a_stock_trainer_with_the_callback_numbers_positions_from_the_models_start(tmp_path):
+    """The callback gives the training DataLoader a collator that follows the model, through the Trainer's wrappers
+    and PaddingStatsCallback.wrap, and leaves the caller's collator (and its wrapper) unchanged."""
+    model = tiny("roberta", AutoModelForTokenClassification, pad_token_id=1, max_position_embeddings=64)
+    collator = make_collator(_Tokenizer(), "token-classification", "packed")
+    stats = PaddingStatsCallback()
+    wrapped = stats.wrap(collator)
+    trainer = Trainer(
+        model=model,
+        args=args(tmp_path),
+        train_dataset=token_rows().remove_columns("label"),
+        data_collator=wrapped,
+        callbacks=[stats],
+    )
+    trainer.train()
+    assert trainer.state.global_step == 1
+    assert collator.position_start is None and wrapped.collator is collator
+    assert stats.real_tokens > 0  # the copied wrapper still counts into the callback

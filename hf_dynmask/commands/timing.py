@@ -1,0 +1,142 @@
+"""Measuring helpers shared by the benchmark commands (``bench``, ``bench-decoder``) and the scripts in
+``benchmarks/``: which batches to time, one timed pass over them, the peak memory of a pass, a progress bar.
+
+Timing synchronizes a CUDA device before and after the pass (:func:`run_once`). Peak memory is the allocator's peak
+on CUDA, and on CPU the resident set size sampled every millisecond by :class:`PeakRSS` after freed heap memory is
+handed back to the OS (:func:`release_freed_memory`, glibc only; Linux ``/proc`` only).
+
+>>> stratified_batches([[0], [1, 2], [3, 4]], lengths=[5, 1, 1, 9, 9], batch_size=2, count=2)
+[[1, 2], [3, 4]]
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "PeakRSS",
+    "peak_memory_mib",
+    "progress_bar",
+    "release_freed_memory",
+    "rss_bytes",
+    "run_once",
+    "stratified_batches",
+    "synchronize",
+]
+
+
+def stratified_batches(batches: list[list[int]], lengths: list[int], batch_size: int, count: int) -> list[list[int]]:
+    """``count`` full batches (of ``batch_size`` example indices) at evenly spaced quantiles of real tokens per batch,
+    fewest first; ``lengths[i]`` is example ``i``'s length."""
+    full = sorted((b for b in batches if len(b) == batch_size), key=lambda b: sum(lengths[i] for i in b))
+    picks = np.linspace(0, len(full) - 1, num=min(count, len(full))).round().astype(int)
+    return [full[p] for p in picks]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA); nothing to wait for on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_once(model: torch.nn.Module, batches: list[dict[str, Any]], train: bool, device: torch.device) -> float:
+    """Seconds for one pass of ``model`` over ``batches``: forward and backward of ``.loss`` (gradients dropped at the
+    end) with ``train``, else forward under ``torch.inference_mode``."""
+    synchronize(device)
+    start = time.perf_counter()
+    if train:
+        model.train()
+        for batch in batches:
+            model(**batch).loss.backward()
+        model.zero_grad(set_to_none=True)
+    else:
+        model.eval()
+        with torch.inference_mode():
+            for batch in batches:
+                model(**batch)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def rss_bytes() -> int | None:
+    """The resident set size of this process (Linux ``/proc/self/statm``); None where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class PeakRSS:
+    """Samples the resident set size every millisecond in a thread while in the ``with`` block; ``rise_mib`` is the
+    peak above the start (None where the RSS cannot be read)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.start = rss_bytes()
+        self.peak = self.start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        if self.start is not None:
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            current = rss_bytes()
+            if current is not None and self.peak is not None:
+                self.peak = max(self.peak, current)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    @property
+    def rise_mib(self) -> float | None:
+        if self.start is None or self.peak is None:
+            return None
+        return (self.peak - self.start) / 2**20
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``), so the RSS baseline is the live memory.
+
+    Without it, memory an earlier measurement freed stays mapped and a later one's peak hides inside it.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the rise may under-count passes measured after a larger one
+
+
+def peak_memory_mib(
+    model: torch.nn.Module, batches: list[dict[str, Any]], train: bool, device: torch.device
+) -> float | None:
+    """MiB that one :func:`run_once` pass adds at its peak: the CUDA allocator's peak above what was allocated before,
+    or on CPU the resident set's rise (:class:`PeakRSS`); None where neither can be read."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        run_once(model, batches, train, device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    release_freed_memory()
+    with PeakRSS() as peak:
+        run_once(model, batches, train, device)
+    return peak.rise_mib
+
+
+def progress_bar(total: int, enabled: bool, desc: str) -> Any:
+    """A tqdm bar of ``total`` steps on stderr (disabled unless ``enabled``), cleared when done."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
