@@ -29,11 +29,14 @@ import torch
 from ..data.collators import BaseCollator
 from ..data.prepare import dataset_columns
 from ..data.tasks import TASKS
+from ..modeling.backends import STOCK_PACKED_BACKENDS
 from ..modeling.families import (
+    DYNAMIC_PADDING,
     DYNMASK_FAMILY,
+    REFUSED_BECAUSE,
     VERIFIED_FAMILIES,
     family_of,
-    head_of,
+    packed_head_refusal,
     position_start_of,
     stock_family_of,
 )
@@ -53,35 +56,13 @@ __all__ = [
 ]
 
 #: Attention implementations of stock transformers models that keep the sequences of a packed row apart.
-PACKED_ATTENTION_IMPLEMENTATIONS = ("dynmask_varlen", "flash_attention_2", "flash_attention_3")
+PACKED_ATTENTION_IMPLEMENTATIONS = STOCK_PACKED_BACKENDS
 
 #: Collator modes whose batches are rows of several sequences: ``"packed"`` states the boundaries
 #: (``cu_seq_lens_q/k``); ``"flattened"`` marks them only by restarting ``position_ids``.
 PACKED_MODES = ("packed", "flattened")
 
 Boundaries = Literal["cu_seq_lens", "position_ids"]
-
-_DYNAMIC_PADDING = (
-    "Use dynamic padding instead: make_collator(tokenizer, task, mode='dynamic') (or transformers' "
-    "DataCollatorWithPadding), with group_by_length=True or DynMaskTrainingArguments(token_budget=...) for less "
-    "padding"
-)
-
-# Why some common families are refused, beyond "not verified".
-_NEVER_CALLS_THE_INTERFACE = (
-    "its disentangled attention never calls transformers' attention interface, so no attn_implementation reaches it "
-    "and packed sequences would attend to each other"
-)
-_REFUSED_BECAUSE = {
-    "deberta": _NEVER_CALLS_THE_INTERFACE,
-    "deberta_v2": _NEVER_CALLS_THE_INTERFACE,
-    "t5": "its relative position bias is computed over the whole row",
-    "mt5": "its relative position bias is computed over the whole row",
-    "bart": "its learned positions are numbered over the whole row (an encoder-decoder)",
-    "mbart": "its learned positions are numbered over the whole row (an encoder-decoder)",
-    "marian": "its positions are numbered over the whole row (an encoder-decoder)",
-}
-
 
 def unwrap_model(model: Any) -> Any:
     """The model inside DDP / accelerate (``.module``), ``torch.compile`` (``._orig_mod``) and PEFT
@@ -98,9 +79,6 @@ def unwrap_model(model: Any) -> Any:
     return model
 
 
-_unwrap_model = unwrap_model  # the name check_packed_support uses
-
-
 def check_packed_support(model: Any, boundaries: Boundaries = "cu_seq_lens") -> None:
     """Raise ``ValueError`` unless ``model`` keeps the sequences of a packed row apart exactly.
 
@@ -115,59 +93,48 @@ def check_packed_support(model: Any, boundaries: Boundaries = "cu_seq_lens") -> 
     question answering) pools or indexes each *row*, so a pack of several sequences would be scored as one: refused
     whatever its attention, with or without labels.
     """
-    inner = _unwrap_model(model)
+    inner = unwrap_model(model)
     name = type(inner).__name__
     if (
         isinstance(inner, (DynMaskPreTrainedModel, DynMaskSeq2SeqPreTrainedModel))
         or family_of(inner) == DYNMASK_FAMILY
     ):  # installed or remote code
-        if boundaries == "position_ids":
+        causal = bool(getattr(inner.config, "is_decoder", False)) and not inner.config.is_encoder_decoder
+        if boundaries == "position_ids" and not causal:  # the batch contract's rule (modeling/batch.py)
             raise ValueError(
                 f"{name} reads packed boundaries from cu_seq_lens_q / seq_idx and refuses rows marked only by "
-                "restarting position_ids; use make_collator(..., mode='packed') or "
+                "restarting position_ids (only causal models read those); use make_collator(..., mode='packed') or "
                 "DataCollatorWithFlattening(return_flash_attn_kwargs=True)"
             )
         return
     families = {family_of(module) for module in inner.modules()} - {None, DYNMASK_FAMILY}
     unverified = sorted(f for f in families if f not in VERIFIED_FAMILIES)
     if unverified:
-        reasons = "; ".join(f"{f}: {_REFUSED_BECAUSE[f]}" for f in unverified if f in _REFUSED_BECAUSE)
+        reasons = "; ".join(f"{f}: {REFUSED_BECAUSE[f]}" for f in unverified if f in REFUSED_BECAUSE)
         raise ValueError(
             f"{name} cannot take packed batches: packed attention is not verified exact on the model family "
             f"{unverified}"
             + (f" ({reasons})" if reasons else "")
             + f". Verified: {sorted(VERIFIED_FAMILIES)}. "
-            + _DYNAMIC_PADDING
+            + DYNAMIC_PADDING
         )
     family = stock_family_of(inner)
     if family is None or family not in VERIFIED_FAMILIES:
         raise ValueError(
             f"{name} is neither a DynMask model nor a stock transformers model of a verified family "
-            f"({sorted(VERIFIED_FAMILIES)}), so nothing says it keeps packed sequences apart. " + _DYNAMIC_PADDING
+            f"({sorted(VERIFIED_FAMILIES)}), so nothing says it keeps packed sequences apart. " + DYNAMIC_PADDING
         )
-    info = VERIFIED_FAMILIES[family]
-    head = head_of(inner)
-    if head not in info.heads:
-        raise ValueError(
-            f"{name} cannot take packed batches: only per-token heads of {family} are verified with packed rows "
-            f"({', '.join(info.heads)}); this head pools or indexes whole rows (or is not one of transformers' "
-            "stock heads), so a row of several sequences would be scored as one, with or without labels. "
-            + _DYNAMIC_PADDING
-            + (
-                ". For BERT or RoBERTa checkpoints a DynMask model pools per sequence: "
-                "AutoModelForSequenceClassification.from_pretrained(path, config=DynMaskConfig.from_pretrained(path))"
-                if family in ("bert", "roberta")
-                else ""
-            )
-        )
+    refusal = packed_head_refusal(inner)  # the refusal the model's own forward makes on dynmask_varlen
+    if refusal is not None:
+        raise ValueError(refusal)
     attn = getattr(inner.config, "_attn_implementation", None)
-    if attn not in PACKED_ATTENTION_IMPLEMENTATIONS:
+    if attn not in STOCK_PACKED_BACKENDS:
         raise ValueError(
             f"{name} with attn_implementation={attn!r} ignores the boundaries of a packed batch (cu_seq_lens_q): its "
             "sequences would attend to each other. Load it with attn_implementation='dynmask_varlen' (any device; "
             "import hf_dynmask first) or 'flash_attention_2' (CUDA), use a DynMask model, or use a dynamic collator"
         )
-    if boundaries == "position_ids" and not info.decoder:
+    if boundaries == "position_ids" and not VERIFIED_FAMILIES[family].decoder:
         raise ValueError(
             f"{name} is an encoder: its packed rows need stated boundaries, never guessed from restarting "
             "position_ids. Use make_collator(..., mode='packed') or DataCollatorWithFlattening("

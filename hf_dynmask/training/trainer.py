@@ -47,6 +47,8 @@ from transformers.trainer_utils import seed_worker
 from ..data.packing import TokenBudgetBatchSampler
 from ..data.prepare import TokenBudgetStream, dataset_columns, example_length, is_iterable_dataset
 from ..data.tasks import TASKS
+from ..modeling.attention import ATTN_IMPLEMENTATION
+from ..modeling.families import head_of
 from ..modeling.modeling_dynmask import DynMaskForTokenClassification
 from .callbacks import PaddingStatsCallback, SetEpochCallback
 from .checks import (
@@ -194,8 +196,7 @@ class DynMaskTrainer(Trainer):
             self.label_names = needed
             return
         missing = [name for name in needed if name not in self.args.label_names]
-        # A DynMask token-classification model returns each packed batch's seq_idx with its logits itself.
-        if missing and not isinstance(unwrap_model(self.model), DynMaskForTokenClassification):
+        if missing and not _returns_seq_idx(unwrap_model(self.model)):
             raise ValueError(
                 f"TrainingArguments(label_names={self.args.label_names}) leaves out {missing}, which {mode} "
                 f"{task} evaluation needs: compute_metrics would score each packed row as one example. Pass "
@@ -359,6 +360,15 @@ class DynMaskTrainer(Trainer):
         if stats is not None:
             stats.update_logs(logs)
         super().log(logs, start_time)
+
+
+def _returns_seq_idx(model: Any) -> bool:
+    """Whether a token classifier returns each packed batch's ``seq_idx`` with its logits itself: DynMask's, and a
+    stock one on ``dynmask_varlen`` (:mod:`hf_dynmask.modeling.stock`)."""
+    if isinstance(model, DynMaskForTokenClassification):
+        return True
+    on_varlen = getattr(getattr(model, "config", None), "_attn_implementation", None) == ATTN_IMPLEMENTATION
+    return on_varlen and head_of(model) == "token-classification"
 
 
 def _is_datasets_dataset(dataset: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -533,12 +534,16 @@ def test_dynmask_trainer_refuses_label_names_without_the_boundaries(tmp_path):
     model, stock, features, tokenizer = _ner_setup()
     collator = make_collator(tokenizer, "token-classification", "packed")
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, label_names=["labels"])
+    # A stock model on flash-attn (CUDA) keeps packed sequences apart but returns no boundaries with its logits.
+    flash = copy.deepcopy(stock)
+    flash.config._attn_implementation_internal = "flash_attention_2"
     with pytest.raises(ValueError, match=r"leaves out \['seq_idx'\].*label_names=\['labels', 'seq_idx'\]"):
-        DynMaskTrainer(model=stock, args=args, eval_dataset=features, data_collator=collator)
-    # A DynMask model returns the boundaries with its logits: its explicit label names are kept.
-    assert DynMaskTrainer(model=model, args=args, eval_dataset=features, data_collator=collator).label_names == [
-        "labels"
-    ]
+        DynMaskTrainer(model=flash, args=args, eval_dataset=features, data_collator=collator)
+    # A DynMask model, and a stock one on dynmask_varlen, return the boundaries with their logits: the explicit label
+    # names are kept.
+    for returns_boundaries in (model, stock):
+        trainer = DynMaskTrainer(model=returns_boundaries, args=args, eval_dataset=features, data_collator=collator)
+        assert trainer.label_names == ["labels"]
 
 
 def test_packed_predictions_carry_their_boundaries():
