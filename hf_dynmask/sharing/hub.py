@@ -6,9 +6,9 @@ Every DynMask model's own ``save_pretrained`` already writes a folder that loads
 
 - the model-side modules, ``modeling_dynmask.py`` and every sibling it imports relatively, recursively
   (``configuration_dynmask.py``, ``batch.py``, ``input_checks.py``, ``attention.py``, ``backends.py``,
-  ``families.py``, ``stock.py``, ``outputs.py``, ``masks.py``, ``layout.py``, ``saving.py``), copied by transformers' own
-  :func:`~transformers.dynamic_module_utils.custom_object_save` because every DynMask class is registered for its
-  Auto class (``register_for_auto_class``);
+  ``families.py``, ``stock.py``, ``outputs.py``, ``masks.py``, ``layout.py``, ``saving.py``), copied by
+  transformers' own :func:`~transformers.dynamic_module_utils.custom_object_save` because every DynMask class is
+  registered for its Auto class (``register_for_auto_class``);
 - an ``auto_map`` in ``config.json`` naming every Auto class the family supports (``AutoConfig``, ``AutoModel``,
   ``AutoModelForMaskedLM``, ``AutoModelForCausalLM``, ``AutoModelForSequenceClassification``,
   ``AutoModelForTokenClassification``, ``AutoModelForQuestionAnswering``), where ``register_for_auto_class`` alone
