@@ -196,7 +196,7 @@ def _class_arguments(cls: type) -> frozenset[str]:
     from transformers.utils.generic import TransformersKwargs
 
     transformers_kwargs = set(TransformersKwargs.__optional_keys__)
-    return frozenset(_parameters(cls.forward) | transformers_kwargs | {"return_dict", *_INJECTED})
+    return frozenset(_parameters(cls.forward) | transformers_kwargs | {"return_dict", *_RENAMED, *_INJECTED})
 
 
 def _parameters(function) -> frozenset[str]:
@@ -214,6 +214,8 @@ def _parameters(function) -> frozenset[str]:
 
 
 _INJECTED = ("dynmask_layout", "dynmask_plan")
+#: Older names transformers' forwards still take (with a FutureWarning: ``deprecate_kwarg``), e.g. the cache's.
+_RENAMED = ("past_key_values",)
 
 
 def _cached_positions(cache: Any) -> int:

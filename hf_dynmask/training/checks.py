@@ -64,6 +64,7 @@ PACKED_MODES = ("packed", "flattened")
 
 Boundaries = Literal["cu_seq_lens", "position_ids"]
 
+
 def unwrap_model(model: Any) -> Any:
     """The model inside DDP / accelerate (``.module``), ``torch.compile`` (``._orig_mod``) and PEFT
     (``get_base_model()``) wrappers."""

@@ -274,22 +274,17 @@ def test_position_derived_pack_over_a_cache_is_refused():
     [
         # RoBERTa numbers positions from padding_idx + 1: a packed row numbered from 0 is refused.
         ("roberta", {"pad_token_id": 1}, 2, "from_zero", "must restart at 2 in every sequence"),
-        ("roberta", {"pad_token_id": 1}, 2, None, "without position_ids"),
         ("bert", {}, 0, "over_row", "must restart at 0 in every sequence"),
-        ("bert", {}, 0, None, "without position_ids"),
-        ("distilbert", {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64}, 0, None, "without position_ids"),
         ("distilbert", {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64}, 0, "over_row", "must restart at 0"),
-        ("llama", {"num_key_value_heads": 2}, 0, None, "without position_ids"),  # llama numbers the row itself
         ("gpt2", {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128}, 0, "shifted", "must restart at 0"),
     ],
 )
 def test_packed_rows_need_positions_per_sequence(model_type, settings, start, positions, message):
-    """Positions numbered over the whole row, or from the wrong start, would change every sequence's outputs."""
+    """Positions numbered over the whole row, or from the wrong start, would change every sequence's outputs (a packed
+    row without position_ids gets each sequence's own: test_families.py)."""
     model = stock_model(model_type, **settings)
     batch = packed_row([3, 5, 2], position_start=start)
-    if positions is None:
-        del batch["position_ids"]
-    elif positions == "from_zero":
+    if positions == "from_zero":
         batch["position_ids"] = batch["position_ids"] - start
     elif positions == "over_row":
         batch["position_ids"] = torch.arange(10)[None]

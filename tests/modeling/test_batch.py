@@ -18,7 +18,6 @@ from transformers import AutoModel, BertConfig
 import hf_dynmask  # noqa: F401  (registers dynmask_varlen)
 from hf_dynmask import DynMaskConfig, DynMaskModel
 from hf_dynmask.modeling import DynMaskSeq2SeqConfig, DynMaskSeq2SeqModel
-from hf_dynmask.modeling.batch import BatchRules, check_pairs, describe_batch
 from hf_dynmask.modeling.layout import cu_seqlens_from_seq_lens, position_ids_from_cu_seqlens
 
 ATOL = 1e-5
@@ -296,6 +295,8 @@ def test_the_three_paths_give_the_same_message(paths, case):
 def test_causal_models_read_restarting_positions_as_boundaries():
     """transformers' padding-free convention (DataCollatorWithFlattening(), TRL's padding_free): a causal model
     reads the restarts as boundaries; an encoder refuses the same row (above)."""
+    from hf_dynmask.modeling.batch import BatchRules, describe_batch
+
     positions = _positions()
     rules = BatchRules(reads_restarts=True)
     layout = describe_batch((1, N), rules=rules, position_ids=positions)
@@ -310,6 +311,8 @@ def test_causal_models_read_restarting_positions_as_boundaries():
 
 
 def test_a_cache_step_is_rows_never_a_pack():
+    from hf_dynmask.modeling.batch import BatchRules, describe_batch
+
     rules = BatchRules(reads_restarts=True)
     step = describe_batch((2, 1), rules=rules, attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]), past=2)
     assert step.kind == "padded" and step.past == 2 and step.position_ids.tolist() == [[1], [2]]
@@ -318,6 +321,8 @@ def test_a_cache_step_is_rows_never_a_pack():
 
 
 def test_pairs_pack_both_sides_and_count_alike():
+    from hf_dynmask.modeling.batch import BatchRules, check_pairs, describe_batch
+
     rules = BatchRules()
     packed = describe_batch((1, 5), rules=rules, cu_seq_lens_q=torch.tensor([0, 2, 5]))
     rows = describe_batch((2, 3), rules=rules)
@@ -329,6 +334,8 @@ def test_pairs_pack_both_sides_and_count_alike():
 
 
 def test_describing_a_batch_never_changes_it():
+    from hf_dynmask.modeling.batch import BatchRules, describe_batch
+
     batch = _packed(position_ids=_positions(), attention_mask=torch.ones(1, N, dtype=torch.long))
     before = {key: value.clone() for key, value in batch.items()}
     describe_batch(
