@@ -104,7 +104,7 @@ from transformers import (  # noqa: E402
 )
 
 import hf_dynmask  # noqa: E402, F401  (registers attn_implementation="dynmask_varlen")
-from hf_dynmask.commands.bench import _PeakRSS, _release_freed_memory  # noqa: E402
+from hf_dynmask.commands.timing import PeakRSS, release_freed_memory  # noqa: E402
 
 logger = logging.getLogger("flattened_encoders")
 
@@ -547,8 +547,8 @@ def cost(args: argparse.Namespace) -> dict[str, Any]:
             if method in config.skipped:
                 continue
             model = config.models[method]
-            _release_freed_memory()
-            with _PeakRSS() as peak, probe_masks(model) as calls:
+            release_freed_memory()
+            with PeakRSS() as peak, probe_masks(model) as calls:
                 _, _, kept[method] = _run(model, config.batches[method], config.step, keep=True)
             masks[method] = calls[-1:]
             results[key][method] = {"peak_rss_rise_mib": peak.rise_mib}

@@ -322,10 +322,11 @@ class FlatteningPlan(NamedTuple):
 def flattening_plan(train: bool, device: torch.device) -> FlatteningPlan:
     """Decide how (and whether) transformers' flattening collator gives correct results on this set-up.
 
-    A flattened row holds several sequences; the model must keep them apart. transformers' ``sdpa`` and ``eager``
-    masks for BERT-style encoders come from ``create_bidirectional_mask``, which ignores ``position_ids``, so the
-    sequences would attend to each other: never run that way. Correct are ``flash_attention_2`` (CUDA, flash-attn
-    installed) and hf_dynmask's ``dynmask_varlen`` (any device), both reading ``cu_seq_lens_q`` from
+    A flattened row holds several sequences; the model must keep them apart. On transformers 5.25 BERT's ``sdpa`` and
+    ``eager`` masks keep them apart through a dense ``(N, N)`` mask built from the restarting ``position_ids``
+    (quadratic in the row length; DistilBERT, ALBERT and ModernBERT build none and mix the sequences: BENCHMARKS.md,
+    "Flattened encoder batches"), so the comparison runs the packed attention people use: ``flash_attention_2`` (CUDA,
+    flash-attn installed) or hf_dynmask's ``dynmask_varlen`` (any device), both reading ``cu_seq_lens_q`` from
     ``return_flash_attn_kwargs=True``. For training the benchmark uses ``...ForSequenceClassification``, whose head
     pools the first token of each *row*: a flattened row would be scored as one example, so it is not run at all.
     """
@@ -342,9 +343,9 @@ def flattening_plan(train: bool, device: torch.device) -> FlatteningPlan:
             return FlatteningPlan("flash_attention_2", "flash-attn varlen kernels read cu_seq_lens_q")
     return FlatteningPlan(
         "dynmask_varlen",
-        "run with attn_implementation='dynmask_varlen' (exact packed attention reading cu_seq_lens_q); with 'sdpa' or "
-        "'eager' it would be wrong: transformers' create_bidirectional_mask ignores position_ids, so the flattened "
-        "sequences would attend to each other",
+        "run with attn_implementation='dynmask_varlen' (exact packed attention reading cu_seq_lens_q); on 'sdpa' or "
+        "'eager' transformers 5.25 keeps BERT's flattened sequences apart through a dense (N, N) mask, quadratic in "
+        "the row length, and does not for DistilBERT, ALBERT or ModernBERT",
     )
 
 
@@ -671,8 +672,9 @@ def _run_mode(pair, tokenizer, features, sampled, check_batch, settings, train, 
             row["speedup_vs_eager"] = row["real_tokens_per_s"] / rows[name.removesuffix(COMPILED)]["real_tokens_per_s"]
     if "hf_flattening" in settings.methods and plan.attn_implementation is not None:
         skipped["hf_flattening[sdpa]"] = (
-            "not run: with attn_implementation='sdpa' or 'eager', transformers' create_bidirectional_mask ignores "
-            "position_ids, so the flattened sequences would attend to each other"
+            "not run: the padding-free comparison uses packed attention (dynmask_varlen or flash-attn); on 'sdpa' or "
+            "'eager' transformers 5.25 builds a dense (N, N) mask for BERT's flattened rows (its cost: BENCHMARKS.md, "
+            "Flattened encoder batches)"
         )
     del flat_model
     return rows, skipped

@@ -189,7 +189,7 @@ def test_bench_inference_all_methods_agree(tiny_dir, tmp_path, capsys):
     )
     code, out, err = run(argv, capsys)
     assert code == 0, err
-    assert "| hf_flattening |" in out and "create_bidirectional_mask ignores position_ids" in out
+    assert "| hf_flattening |" in out and "dense (N, N) mask" in out
     report = json.loads(path.read_text())
     assert set(report) >= {"environment", "model", "dataset", "flop_limit_speedup", "settings", "results", "skipped"}
     rows = report["results"]["inference"]
