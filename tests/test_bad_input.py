@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel, EvalPrediction
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel, EvalPrediction
 
 from hf_dynmask import DynMaskConfig, make_collator
 from hf_dynmask.commands.cli import main
@@ -464,7 +464,84 @@ API_CASES = [
         "did you mean 'static'?",
     ),
     Case("metric-name-misspelt", lambda env: metrics.load("acuracy"), ValueError, "did you mean 'accuracy'?"),
+    # -- issue 21: the batch contract, on every path a user reaches ----------------------------------------------
+    Case(
+        "model-misspelled-argument",
+        lambda env: env.dynamic(IDS, atention_mask=torch.ones_like(IDS)),
+        ValueError,
+        "atention_mask: did you mean 'attention_mask'?",
+    ),
+    Case(
+        "stock-deberta-v2-on-dynmask-varlen",
+        lambda env: _stock("deberta-v2"),
+        ValueError,
+        "never calls transformers' attention interface",
+    ),
+    Case(
+        "stock-bart-on-dynmask-varlen",
+        lambda env: _stock(
+            "bart",
+            encoder_layers=1,
+            decoder_layers=1,
+            d_model=16,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
+        ),
+        ValueError,
+        "the DynMask seq2seq family packs BART and Marian",
+    ),  # fmt: skip
+    Case(
+        "stock-distilbert-flattened-row",
+        lambda env: _stock("distilbert", dim=16, n_layers=1, n_heads=2, hidden_dim=32)(**_FLATTENED),
+        ValueError,
+        "start a new sequence inside a row",
+    ),
+    Case(
+        "stock-modernbert-flattened-row",
+        lambda env: _stock(
+            "modernbert", pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2, **_SMALL_BERT
+        )(**_FLATTENED),
+        ValueError,
+        "start a new sequence inside a row",
+    ),
+    Case(
+        "stock-distilbert-positions-over-the-row",
+        lambda env: _stock("distilbert", dim=16, n_layers=1, n_heads=2, hidden_dim=32)(
+            **_PACKED, position_ids=torch.arange(7)[None]
+        ),
+        ValueError,
+        "must restart at 0 in every sequence",
+    ),
+    Case(
+        "stock-sequence-classifier-packed-row",
+        lambda env: _stock("bert", head=AutoModelForSequenceClassification, **_SMALL_BERT)(**_PACKED),
+        ValueError,
+        "pools or indexes whole rows",
+    ),
+    Case(
+        "stock-bert-padded-row-with-restarting-positions",
+        lambda env: _stock("bert", **_SMALL_BERT)(**JOINED),
+        ValueError,
+        "start a new sequence inside a row",
+    ),
 ]
+
+_SMALL_BERT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+_PACKED = {"input_ids": torch.tensor([[5, 6, 7, 8, 9, 10, 11]]), "cu_seq_lens_q": torch.tensor([0, 3, 7])}
+_FLATTENED = {
+    "input_ids": torch.tensor([[5, 6, 7, 8, 9, 10, 11]]),
+    "position_ids": torch.tensor([[0, 1, 2, 0, 1, 2, 3]]),
+}
+
+
+def _stock(model_type: str, head=None, **settings):
+    """A tiny stock model of ``model_type`` loaded on dynmask_varlen (what a user does after import hf_dynmask)."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.for_model(model_type, vocab_size=VOCAB, max_position_embeddings=64, **settings)
+    return (head or AutoModel).from_config(config, attn_implementation="dynmask_varlen").eval()
 
 
 @pytest.mark.parametrize("case", API_CASES, ids=[case.id for case in API_CASES])
