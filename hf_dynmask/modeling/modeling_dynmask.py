@@ -70,6 +70,9 @@ logger = logging.get_logger(__name__)
 
 register_attention()
 
+#: Length groups of the packed attention under torch.compile (each group count is one graph).
+COMPILED_GROUPS = 2
+
 #: What every forward of the family takes besides a head's own arguments (for the did-you-mean of unknown ones).
 ENCODER_ARGUMENTS = (
     "input_ids",
@@ -614,15 +617,19 @@ class DynMaskModel(DynMaskPreTrainedModel):
             return AttentionLayout(name, packed=True, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
         kernel = "eager" if name == "eager" else "sdpa"
         if compiling:
-            # One length group with every field filled: the same plan structure (and so the same graph) for every
-            # batch; its sizes are marked dynamic. Attention then pads each sequence to the batch's longest.
-            plan = plan_varlen(cu_seqlens, bucket_ratio=0.0, static_structure=True)
+            # At most two length groups (one per distinct length, merged where that wastes least) of two sequences
+            # or more, every field filled: two plan structures (one group or two), so two graphs serve every batch;
+            # their sizes are marked dynamic (a group of one sequence would be a size torch.compile specializes).
+            plan = plan_varlen(
+                cu_seqlens, bucket_ratio=1.0, static_structure=True, max_groups=COMPILED_GROUPS, min_group_seqs=2
+            )
             for group in plan.groups:
                 _mark_dynamic(group.q_gather, 0)
                 _mark_dynamic(group.q_real_slots, 0)
                 _mark_dynamic(group.q_real, 0, 1)
                 _mark_dynamic(group.key_allowed, 0, 3)
-            _mark_dynamic(plan.inverse, 0)
+            _mark_dynamic(plan.q_index, 0)
+            _mark_dynamic(plan.out_index, 0)
         else:
             ratio = 0.0 if kernel == "eager" else self.config.varlen_bucket_ratio
             plan = plan_varlen(cu_seqlens, bucket_ratio=ratio)
