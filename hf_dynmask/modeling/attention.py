@@ -93,6 +93,10 @@ class VarlenPlan(NamedTuple):
     out_index: torch.Tensor | None  # int64 (Nq,): each packed query's slot in the concatenated blocks; None: identity
     num_q_tokens: int
     num_k_tokens: int
+    cu_seqlens_q: torch.Tensor | None = None  # int32 (S + 1,): for kernels that take boundaries (torch_varlen)
+    cu_seqlens_k: torch.Tensor | None = None
+    max_q: int = 0
+    max_k: int = 0
 
 
 def _bounds(cu_seqlens: torch.Tensor, name: str) -> list[int]:
@@ -221,9 +225,15 @@ def plan_varlen(
         and torch.equal(q_index, torch.arange(num_q_tokens, device=device))
         and (self_attention or torch.equal(k_index, torch.arange(bounds_k[-1], device=device)))
     )
+    boundaries = (
+        cu_seqlens_q.to(torch.int32),
+        (cu_seqlens_q if self_attention else cu_seqlens_k).to(torch.int32),
+        max(lens_q),
+        max(lens_k),
+    )
     if identity:  # one group, no padding, in packed order: the blocks are views of the inputs
-        return VarlenPlan(tuple(groups), None, None, None, num_q_tokens, bounds_k[-1])
-    return VarlenPlan(tuple(groups), q_index, k_index, out_index, num_q_tokens, bounds_k[-1])
+        return VarlenPlan(tuple(groups), None, None, None, num_q_tokens, bounds_k[-1], *boundaries)
+    return VarlenPlan(tuple(groups), q_index, k_index, out_index, num_q_tokens, bounds_k[-1], *boundaries)
 
 
 def _merge_groups(
@@ -310,7 +320,11 @@ def rows_plan(batch_size: int, q_len: int, k_len: int, device: torch.device | st
     k_gather = q_gather if k_len == q_len else torch.arange(batch_size * k_len, device=device)
     diagonal = None if k_len == q_len else torch.full((batch_size, 1, 1, 1), k_len - q_len, device=device)
     group = LengthGroup(q_gather, k_gather, None, None, None, diagonal, batch_size, q_len, k_len)
-    return VarlenPlan((group,), None, None, None, batch_size * q_len, batch_size * k_len)
+    cu_q = torch.arange(0, (batch_size + 1) * q_len, q_len, dtype=torch.int32, device=device)
+    cu_k = (
+        cu_q if k_len == q_len else torch.arange(0, (batch_size + 1) * k_len, k_len, dtype=torch.int32, device=device)
+    )
+    return VarlenPlan((group,), None, None, None, batch_size * q_len, batch_size * k_len, cu_q, cu_k, q_len, k_len)
 
 
 class AttentionLayout(NamedTuple):
@@ -442,13 +456,19 @@ def varlen_attention(
         is_causal: each query sees its sequence's keys up to its own position (bottom-right aligned).
         sliding_window: ``W``: keys at most ``W - 1`` positions away (only before the query when causal).
         softcap: cap the scores at ``softcap`` with ``tanh`` before the mask (forces the explicit kernel).
-        kernel: ``"sdpa"`` (torch's scaled_dot_product_attention) or ``"eager"`` (explicit softmax, the reference).
+        kernel: ``"sdpa"`` (torch's scaled_dot_product_attention per length group), ``"eager"`` (explicit softmax,
+            the reference) or ``"torch_varlen"`` (CUDA: torch's own varlen flash kernel,
+            ``torch.nn.attention.varlen.varlen_attn``, on the packed tokens directly, no length groups; not verified on
+            a GPU yet, so opt-in: ``tests/modeling/test_gpu.py`` and ``benchmarks/gpu_check.py`` verify it where a
+            GPU is lent).
 
     Returns:
         ``(Nq, H, D)``, in packed order.
     """
-    if kernel not in ("sdpa", "eager"):
-        raise ValueError(f"kernel must be 'sdpa' or 'eager', got {kernel!r}")
+    if kernel not in ("sdpa", "eager", "torch_varlen"):
+        raise ValueError(f"kernel must be 'sdpa', 'eager' or 'torch_varlen', got {kernel!r}")
+    if kernel == "torch_varlen":
+        return _torch_varlen(query, key, value, plan, scaling, dropout_p, is_causal, sliding_window, softcap, training)
     # (Not under torch.compile, where comparing with the plan's ints would fix the token count in the graph; a
     # mismatched plan still fails there, at the reshape back to the queries' shape.)
     compiling = torch.compiler.is_compiling()
@@ -495,6 +515,34 @@ def varlen_attention(
         outputs.append(out.transpose(1, 2).reshape(n * q_len, num_heads, -1))  # (n * Lq, H, D)
     blocks = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     return blocks if plan.out_index is None else blocks.index_select(0, plan.out_index)  # (Nq, H, D), packed order
+
+
+def _torch_varlen(query, key, value, plan, scaling, dropout_p, is_causal, sliding_window, softcap, training):
+    """torch's varlen flash kernel (CUDA, fp16 / bf16): the whole packed batch in one call, from the boundaries."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    if not query.is_cuda:
+        raise ValueError("kernel='torch_varlen' runs on CUDA only (torch's flash kernel); use kernel='sdpa' elsewhere")
+    if softcap is not None or (training and dropout_p > 0.0):
+        raise ValueError(
+            "kernel='torch_varlen' has no attention softcap or dropout; use kernel='sdpa' (length groups) for them"
+        )
+    if plan.cu_seqlens_q is None:
+        raise ValueError("kernel='torch_varlen' needs a plan with its boundaries (plan_varlen / rows_plan)")
+    left = -1 if sliding_window is None else sliding_window - 1
+    window = (left, 0) if is_causal else (left, left)  # flash's window; causal: nothing to the right (bottom-right)
+    return varlen_attn(
+        query,
+        key,
+        value,
+        plan.cu_seqlens_q,
+        plan.cu_seqlens_k,
+        plan.max_q,
+        plan.max_k,
+        scale=scaling,
+        window_size=window,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )
 
 
 def flex_attention(
