@@ -192,16 +192,19 @@ class DynMaskSeq2SeqLearnedPositions(nn.Embedding):
         return super().forward(position_ids + self.offset)
 
 
-class DynMaskSeq2SeqSinusoidalPositions(nn.Module):
-    """Marian's fixed sinusoidal positions (sines in the first half of the vector, cosines in the second).
+class DynMaskSeq2SeqSinusoidalPositions(nn.Embedding):
+    """Marian's sinusoidal positions (sines in the first half of the vector, cosines in the second), kept as stock
+    Marian keeps them, so training and saving change the same numbers.
 
-    The table is a buffer named ``weight`` (Marian's key), rebuilt at initialization and never saved; unlike a frozen
-    parameter, which a load can make trainable again, a buffer is never handed to an optimizer.
+    The table is the parameter ``weight`` (Marian's key), filled with the sinusoids at initialization. As in
+    transformers' ``MarianSinusoidalPositionalEmbedding``, it is created frozen (``requires_grad=False``, a model built
+    from a config leaves it out of training), and ``from_pretrained`` makes it trainable again (transformers loads
+    every floating-point parameter with ``requires_grad=True``): a model loaded from a checkpoint trains it, as stock
+    Marian does. Whether it is saved follows stock Marian too (see :class:`DynMaskSeq2SeqPreTrainedModel`).
     """
 
     def __init__(self, num_positions: int, embedding_dim: int):
-        super().__init__()
-        self.register_buffer("weight", torch.empty(num_positions, embedding_dim))
+        super().__init__(num_positions, embedding_dim, _freeze=True)
 
     def create_weight(self) -> torch.Tensor:
         """The table Marian computes (in float64, then cast), here with torch instead of NumPy."""
@@ -213,9 +216,6 @@ class DynMaskSeq2SeqSinusoidalPositions(nn.Module):
         table[:, :sentinel] = torch.sin(angles[:, 0::2]).to(table.dtype)
         table[:, sentinel:] = torch.cos(angles[:, 1::2]).to(table.dtype)
         return table
-
-    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(position_ids, self.weight)
 
 
 def _position_embedding(config: DynMaskSeq2SeqConfig) -> nn.Module:
@@ -578,10 +578,15 @@ class DynMaskSeq2SeqPreTrainedModel(AttentionBackendHooks, PreTrainedModel):
 
     def __init__(self, config: DynMaskSeq2SeqConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        if config.seq2seq_style == "marian":  # fixed sinusoids: rebuilt at load, never saved (as Marian does)
-            prefix = "" if isinstance(self, DynMaskSeq2SeqModel) else "model."
+        if config.seq2seq_style == "marian":
+            # Marian's sinusoids, as stock Marian handles them: rebuilt when a checkpoint lacks them (loaded when it
+            # has them), and left out of the saved weights by the LM model only (MarianMTModel drops them, MarianModel
+            # writes them), so a trained table is saved or dropped exactly where stock's is.
+            base = isinstance(self, DynMaskSeq2SeqModel)
+            prefix = "" if base else "model."
             positions = [f"{prefix}encoder.embed_positions.weight", f"{prefix}decoder.embed_positions.weight"]
-            self._keys_to_ignore_on_save = positions
+            if not base:
+                self._keys_to_ignore_on_save = positions
             self._keys_to_ignore_on_load_missing = [*(self._keys_to_ignore_on_load_missing or []), *positions]
 
     @torch.no_grad()

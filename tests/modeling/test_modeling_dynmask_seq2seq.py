@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -169,7 +170,8 @@ def test_logits_and_loss_match_each_pair_alone(checkpoints, kind, attn, layout, 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradients_match_each_pair_alone(checkpoints, kind, layout):
-    stock = copy.deepcopy(checkpoints.models[kind])
+    # Loaded as the DynMask model is: transformers then trains Marian's sinusoidal tables in both.
+    stock = type(checkpoints.models[kind]).from_pretrained(checkpoints.root / kind)
     pairs = pair_tokens(kind, seed=1)
     _, expected_loss = reference(stock, pairs)
     expected_loss.backward()
@@ -178,9 +180,7 @@ def test_gradients_match_each_pair_alone(checkpoints, kind, layout):
     stock_params = dict(stock.named_parameters())
     checked = 0
     for name, param in model.named_parameters():
-        if param.grad is None:
-            assert not param.requires_grad, name  # Marian's fixed sinusoids
-            continue
+        assert param.grad is not None, name
         # Summed over every token: fp32 summation order differs, so the tolerance is relative too.
         torch.testing.assert_close(param.grad, stock_params[name].grad, atol=ATOL, rtol=1e-4, msg=name)
         checked += 1
@@ -362,6 +362,87 @@ def test_marian_sinusoids_are_marians():
     reference_positions = stock.model.encoder.embed_positions
     reference_positions.weight.data = torch.empty(40, 31)
     assert torch.equal(positions.create_weight(), reference_positions.create_weight())
+
+
+# -- training what stock trains, saving what stock saves --------------------------------------------------------------
+
+MARIAN_POSITIONS = ("model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight")
+
+
+def _trainable(model) -> set[str]:
+    return {name for name, param in model.named_parameters() if param.requires_grad}
+
+
+def _saved_keys(folder) -> set[str]:
+    return set(load_file(folder / "model.safetensors"))
+
+
+def test_marian_position_tables_are_parameters_frozen_until_loaded(checkpoints):
+    """As transformers' MarianSinusoidalPositionalEmbedding: built from a config, frozen; from_pretrained makes every
+    floating-point parameter trainable, the sinusoids included."""
+    stock_config = checkpoints.models["marian"].config
+    built = DynMaskSeq2SeqForConditionalGeneration(DynMaskSeq2SeqConfig.from_pretrained(checkpoints.root / "marian"))
+    assert _trainable(built) == _trainable(MarianMTModel(stock_config))
+    assert not set(MARIAN_POSITIONS) & _trainable(built)
+    stock = MarianMTModel.from_pretrained(checkpoints.root / "marian")
+    loaded = dynmask_from(checkpoints, "marian")
+    assert set(MARIAN_POSITIONS) <= _trainable(stock) and _trainable(loaded) == _trainable(stock)
+    for name in MARIAN_POSITIONS:
+        assert torch.equal(loaded.get_parameter(name), stock.get_parameter(name)), name
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("kind", ["marian", "marian_unshared"])
+def test_marian_trains_and_saves_the_parameters_stock_marian_does(checkpoints, tmp_path, kind, optimizer):
+    """Three steps from the same checkpoint on the same padded batches (dropout 0): every parameter, the trained
+    sinusoidal tables included, equals stock's; the LM model's save drops the tables as stock's does, the base
+    model's keeps them, and each family loads the other's folder into the same weights."""
+    path = checkpoints.root / kind
+    stock = MarianMTModel.from_pretrained(path).train()
+    model = dynmask_from(checkpoints, kind).train()
+    make = {
+        "sgd": lambda params: torch.optim.SGD(params, lr=0.5),
+        "adamw": lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1),
+    }[optimizer]
+    optimizers = [(stock, make(stock.parameters())), (model, make(model.parameters()))]
+    initial = {name: stock.get_parameter(name).detach().clone() for name in MARIAN_POSITIONS}
+    for step in range(3):
+        batch = collate(model, pair_tokens(kind, seed=20 + step), "dynamic")  # right padding, labels -100
+        for net, opt in optimizers:
+            opt.zero_grad()
+            net(**batch).loss.backward()
+            opt.step()
+    stock_params = dict(stock.named_parameters())
+    assert set(dict(model.named_parameters())) == set(stock_params)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param, stock_params[name], atol=1e-6, rtol=0, msg=name)
+    for name in MARIAN_POSITIONS:
+        assert not torch.equal(stock.get_parameter(name), initial[name]), name  # stock trained them
+
+    stock.save_pretrained(tmp_path / "stock")
+    model.save_pretrained(tmp_path / "dynmask")
+    assert _saved_keys(tmp_path / "dynmask") == _saved_keys(tmp_path / "stock")
+    assert not set(MARIAN_POSITIONS) & _saved_keys(tmp_path / "stock")
+    stock.model.save_pretrained(tmp_path / "stock_base")
+    model.model.save_pretrained(tmp_path / "dynmask_base")
+    assert _saved_keys(tmp_path / "dynmask_base") == _saved_keys(tmp_path / "stock_base")
+    assert {name.removeprefix("model.") for name in MARIAN_POSITIONS} <= _saved_keys(tmp_path / "stock_base")
+
+    reloaded = {
+        "stock from stock": MarianMTModel.from_pretrained(tmp_path / "stock"),
+        "stock from dynmask": MarianMTModel.from_pretrained(tmp_path / "dynmask", config=stock.config),
+        "dynmask from dynmask": DynMaskSeq2SeqForConditionalGeneration.from_pretrained(tmp_path / "dynmask"),
+        "dynmask from stock": dynmask_from(SimpleNamespace(root=tmp_path), "stock"),
+    }
+    expected = reloaded["stock from stock"].state_dict()
+    for label, other in reloaded.items():
+        assert _trainable(other) == _trainable(stock), label
+        for name, tensor in other.state_dict().items():
+            torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=0, msg=f"{label}: {name}")
+    base = DynMaskSeq2SeqModel.from_pretrained(tmp_path / "dynmask_base")
+    for name in MARIAN_POSITIONS:  # the base model's save keeps the trained tables, as stock MarianModel's does
+        short = name.removeprefix("model.")
+        torch.testing.assert_close(base.get_parameter(short), stock.get_parameter(name), atol=1e-6, rtol=0)
 
 
 def test_auto_classes_and_save_round_trip(checkpoints, tmp_path):
