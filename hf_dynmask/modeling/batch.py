@@ -43,6 +43,9 @@ The rules, each written once below:
                 sequence of a packed row starts at the model's first position (0, or ``padding_idx + 1`` for
                 RoBERTa-style models) and counts up by one; every position lies in ``[0, max positions)``
     cache       packed and flattened rows take no cache
+    targets     a seq2seq target given ``labels`` and no ``decoder_attention_mask`` (transformers'
+                ``DataCollatorForSeq2Seq``): the tail of ``-100`` labels of each row is its padding
+                (:func:`target_padding_from_labels`); without labels the target's padding is not known
 
 Values are reduced on the device to a few integers and read back in one transfer (two for a packed row with
 ``position_ids``), together with any value statistics the caller adds (:func:`describe_batch`'s ``value_stats``).
@@ -91,6 +94,7 @@ __all__ = [
     "refuse_unknown_arguments",
     "require_integer",
     "require_tensor",
+    "target_padding_from_labels",
 ]
 
 Kind = Literal["padded", "unpadded", "packed"]
@@ -543,6 +547,42 @@ def check_pairs(source: BatchLayout, target: BatchLayout) -> None:
         )
     if source.num_seqs != target.num_seqs:
         raise ValueError(f"{source.num_seqs} sources but {target.num_seqs} targets: every pair needs both")
+
+
+def target_padding_from_labels(
+    labels: torch.Tensor | None,
+    shape: tuple[int, int],
+    *,
+    attention_mask: torch.Tensor | None = None,
+    packed: bool = False,
+    past: int = 0,
+    ignore_index: int = -100,
+) -> torch.Tensor | None:
+    """A seq2seq target's padding where its ``labels`` state it: the ``decoder_attention_mask`` ``(B, Tt)`` (1 at real
+    positions), or None where the padding cannot be known.
+
+    transformers' ``DataCollatorForSeq2Seq`` pads ``labels`` with ``-100`` and sends no ``decoder_attention_mask``, so
+    the model sees no target padding. The decoder is causal: a position after the last scored label of its row is
+    attended to by no earlier position, and the loss never reads it. So the tail of ``-100`` labels of each row is
+    padding, and stripping it leaves the loss and its gradients unchanged (the stripped positions' outputs are zeros).
+    Every position up to the last scored label is real, ``-100`` labels among them (left padding, unscored prompt
+    tokens: later positions attend to them); a row with no scored label keeps its first position.
+
+    None (every target position is computed, as by the stock models) when: no ``labels``; a ``decoder_attention_mask``
+    is given (it states the padding itself); the target is packed (it has no padding); ``past`` positions are cached
+    (generation); ``labels`` does not have the decoder inputs' ``shape`` ``(B, Tt)`` (the model refuses them later).
+
+    >>> labels = torch.tensor([[5, 6, -100, -100], [-100, 7, -100, 9], [-100, -100, -100, -100]])
+    >>> target_padding_from_labels(labels, (3, 4)).tolist()
+    [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    """
+    if labels is None or attention_mask is not None or packed or past:
+        return None
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 2 or tuple(labels.shape) != tuple(shape):
+        return None
+    columns = torch.arange(labels.shape[1], device=labels.device)  # (Tt,)
+    last = torch.where(labels != ignore_index, columns, 0).amax(dim=1, keepdim=True)  # (B, 1): 0 when none scored
+    return (columns <= last).long()  # (B, Tt)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

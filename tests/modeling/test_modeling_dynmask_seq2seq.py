@@ -14,14 +14,19 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForSeq2SeqLM,
     BartConfig,
     BartForConditionalGeneration,
+    DataCollatorForSeq2Seq,
     MarianConfig,
     MarianMTModel,
+    PreTrainedTokenizerFast,
     T5Config,
 )
 from transformers.testing_utils import CaptureLogger
@@ -362,6 +367,101 @@ def test_marian_sinusoids_are_marians():
     reference_positions = stock.model.encoder.embed_positions
     reference_positions.weight.data = torch.empty(40, 31)
     assert torch.equal(positions.create_weight(), reference_positions.create_weight())
+
+
+# -- transformers' DataCollatorForSeq2Seq: labels padded with -100, no decoder_attention_mask -------------------------
+
+
+def stock_collator(model, padding_side: str = "right", with_model: bool = True) -> DataCollatorForSeq2Seq:
+    """transformers' collator as run_translation.py builds it (given the model, it adds ``decoder_input_ids``), over
+    a word-level tokenizer whose token ``i`` is id ``i``."""
+    vocab = {f"t{i}": i for i in range(VOCAB)}
+    backend = Tokenizer(WordLevel(vocab, unk_token="t3"))
+    backend.pre_tokenizer = WhitespaceSplit()
+    pad = f"t{model.config.pad_token_id}"
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=pad, padding_side=padding_side)
+    return DataCollatorForSeq2Seq(tokenizer, model=model if with_model else None, label_pad_token_id=-100)
+
+
+def stock_features(pairs) -> list[dict]:
+    return [{"input_ids": s, "attention_mask": [1] * len(s), "labels": t} for s, t in pairs]
+
+
+class DecoderRows:
+    """Counts the target positions the decoder's first layer computes (rows of its input)."""
+
+    def __init__(self, model):
+        self.rows = []
+        model.model.decoder.layers[0].register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        hidden = args[0]
+        self.rows.append(hidden.shape[:-1].numel())
+
+
+@pytest.mark.parametrize("with_model", [True, False], ids=["decoder_input_ids", "labels_only"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_seq2seq_collator_batches_skip_the_target_padding_with_the_stock_loss(checkpoints, kind, with_model):
+    """The tail of -100 labels of each row is left out of the decoder (the rows it computes are each target's
+    length); the loss, every gradient and the logits at scored positions equal stock's on the same batch."""
+    path = checkpoints.root / kind
+    stock = type(checkpoints.models[kind]).from_pretrained(path).train()
+    model = dynmask_from(checkpoints, kind).train()
+    pairs = pair_tokens(kind, [(5, 4), (17, 2), (1, 9), (9, 1), (3, 7)], seed=30)
+    batch = stock_collator(stock, with_model=with_model)(stock_features(pairs))
+    assert "decoder_attention_mask" not in batch and ("decoder_input_ids" in batch) == with_model
+    rows = DecoderRows(model)
+    expected, output = stock(**batch), model(**batch)
+    assert rows.rows == [sum(len(target) for _, target in pairs)]  # 23 of 5 x 9 positions
+    torch.testing.assert_close(output.loss, expected.loss, atol=ATOL, rtol=0)
+    scored = batch["labels"] != -100
+    torch.testing.assert_close(output.logits[scored], expected.logits[scored], atol=ATOL, rtol=0)
+    assert not output.logits[~scored].any()  # zeros at the stripped positions
+    expected.loss.backward()
+    output.loss.backward()
+    stock_params = dict(stock.named_parameters())
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, stock_params[name].grad, atol=ATOL, rtol=1e-4, msg=name)
+
+
+def test_left_padded_labels_are_computed_whole(checkpoints):
+    """-100 labels before the last scored one stay (later positions attend to them): a left-padded target is run
+    whole, as stock runs it, with stock's loss. (Sources of one length: stock numbers a left-padded source's columns,
+    DynMask each sequence's own positions.)"""
+    stock = MarianMTModel.from_pretrained(checkpoints.root / "marian").eval()
+    model = dynmask_from(checkpoints, "marian")
+    pairs = pair_tokens("marian", [(6, 4), (6, 2), (6, 9), (6, 1)], seed=31)
+    batch = stock_collator(stock, padding_side="left")(stock_features(pairs))
+    rows = DecoderRows(model)
+    with torch.no_grad():
+        expected, output = stock(**batch), model(**batch)
+    assert rows.rows == [batch["labels"].numel()]
+    torch.testing.assert_close(output.loss, expected.loss, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("masking", ["dynamic", "static"])
+def test_without_labels_or_a_mask_the_target_runs_padded_as_stock(checkpoints, masking):
+    """Nothing states the target's padding: every position is computed, padded as the stock model runs it (no
+    unpadding of a full target), with stock's logits everywhere."""
+    stock = BartForConditionalGeneration.from_pretrained(checkpoints.root / "bart").eval()
+    model = dynmask_from(checkpoints, "bart", masking)
+    batch = stock_collator(stock)(stock_features(pair_tokens("bart", seed=32)))
+    del batch["labels"]
+    rows = DecoderRows(model)
+    with torch.no_grad():
+        expected, output = stock(**batch), model(**batch)
+    assert rows.rows == [batch["decoder_input_ids"].numel()]
+    torch.testing.assert_close(output.logits, expected.logits, atol=ATOL, rtol=0)
+
+
+def test_static_masking_keeps_computing_every_target_position(checkpoints):
+    stock = BartForConditionalGeneration.from_pretrained(checkpoints.root / "bart").eval()
+    model = dynmask_from(checkpoints, "bart", "static")
+    batch = stock_collator(stock)(stock_features(pair_tokens("bart", seed=33)))
+    with torch.no_grad():
+        expected, output = stock(**batch), model(**batch)
+    torch.testing.assert_close(output.logits, expected.logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(output.loss, expected.loss, atol=ATOL, rtol=0)
 
 
 # -- training what stock trains, saving what stock saves --------------------------------------------------------------
