@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_seq2seq import DATA, EOS, PAD, train_tokenizer  # noqa: E402
 
 from hf_dynmask import DynMaskSeq2SeqConfig, DynMaskSeq2SeqForConditionalGeneration  # noqa: E402
+from hf_dynmask.modeling.input_checks import IGNORE_INDEX  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -128,7 +129,7 @@ def main(argv=None) -> dict:
                 step(name, batch)
             times[name].append(time.process_time() - start)
     median = {name: statistics.median(values) for name, values in times.items()}
-    real_targets = sum(int((b["labels"] != -100).sum()) for b in batches)
+    real_targets = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
     result = {
         "dataset": "ntrex_en_de/train.jsonl",
         "examples": len(features),
