@@ -32,8 +32,9 @@ class DynMaskSeq2SeqConfig(PretrainedConfig):
         seq2seq_style (`str`, defaults to `"bart"`):
             The architecture the weights come from. Both are post-LN transformers with the same layer names; they
             differ in their embeddings. `"bart"`: learned position embeddings (position ``p`` is row ``p + 2``) and a
-            ``layernorm_embedding`` on both sides. `"marian"`: sinusoidal positions (not saved, rebuilt at load),
-            no embedding layer norm, and optionally separate source / target vocabularies
+            ``layernorm_embedding`` on both sides. `"marian"`: sinusoidal positions (handled as stock Marian
+            handles them: trainable once loaded with ``from_pretrained``, saved by the base model only, rebuilt when a
+            checkpoint lacks them), no embedding layer norm, and optionally separate source / target vocabularies
             (``share_encoder_decoder_embeddings=False``, ``decoder_vocab_size``).
         masking (`str`, defaults to `"dynamic"`):
             How padded batches are computed. `"static"` computes every position, padding included, as the stock
