@@ -111,6 +111,15 @@ def njt_against_varlen(lengths: list[int], heads: int, head_dim: int, repeats: i
     return result
 
 
+def _commit() -> str:
+    import subprocess
+
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "hf_dynmask"], capture_output=True, text=True).stdout
+    return head + ("-dirty" if dirty.strip() else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
@@ -158,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             "transformers": transformers.__version__,
             "platform": platform.platform(),
             "threads": torch.get_num_threads(),
+            "hf_dynmask_commit": _commit(),
         },
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"},
         "datasets": {},

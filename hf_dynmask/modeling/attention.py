@@ -109,10 +109,10 @@ def _bounds(cu_seqlens: torch.Tensor, name: str) -> list[int]:
 
 
 #: The most length groups (attention kernel calls per layer) :func:`plan_varlen` makes by default, whatever the mix of
-#: lengths: more groups waste fewer padded slots but cost a kernel call (and its gathers' bookkeeping) each. On CPU two
-#: were as fast as any other bound from short utterances to 384-token windows, with the fewest operators
+#: lengths: more groups waste fewer padded slots but cost a kernel call (and its views' bookkeeping) each. On CPU four
+#: trained fastest, on short utterances as on 384-token windows, at about twice stock BERT's operator count per step
 #: (BENCHMARKS.md, "Attention calls per layer").
-MAX_GROUPS = 2
+MAX_GROUPS = 4
 
 
 def plan_varlen(

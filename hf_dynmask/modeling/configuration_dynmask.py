@@ -6,6 +6,7 @@ Model-side module: imports only transformers (it is saved next to a model as rem
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 from typing import Literal
 
@@ -30,6 +31,18 @@ def did_you_mean(value: object, choices) -> str:
     lowered = {str(c).lower(): str(c) for c in choices}
     close = difflib.get_close_matches(value.strip().lower(), list(lowered), n=1, cutoff=0.6)
     return f"; did you mean {lowered[close[0]]!r}?" if close else ""
+
+
+def validated_from_dict(cls, config_dict: dict, kwargs: dict) -> tuple[dict, dict]:
+    """``config_dict`` with the keyword arguments that are ``cls.__init__`` parameters moved into it.
+
+    transformers' ``from_pretrained(path, **kwargs)`` builds the config from the file, then sets the keyword arguments
+    as attributes, past ``__init__``'s checks (``masking="sometimes"`` would be kept); moved into the dict, they are
+    checked as if given to the constructor. Returns the dict and the other keyword arguments.
+    """
+    parameters = inspect.signature(cls.__init__).parameters
+    own = {name: kwargs.pop(name) for name in list(kwargs) if name in parameters and name not in ("self", "kwargs")}
+    return {**config_dict, **own}, kwargs
 
 
 def unknown_choice(name: str, value: object, choices) -> str:
@@ -186,6 +199,12 @@ class DynMaskConfig(PretrainedConfig):
         self.qa_padding = qa_padding
 
     @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """transformers' ``from_dict``, with the keyword arguments checked (:func:`validated_from_dict`)."""
+        config_dict, kwargs = validated_from_dict(cls, config_dict, kwargs)
+        return super().from_dict(config_dict, **kwargs)
+
+    @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
         """transformers' loader, reading BERT / RoBERTa ``config.json`` files as DynMask configs.
 
@@ -220,4 +239,4 @@ class DynMaskConfig(PretrainedConfig):
 # ``trust_remote_code=True`` where hf_dynmask is not installed. Models add their own entries (modeling_dynmask.py).
 DynMaskConfig.register_for_auto_class()
 
-__all__ = ["QA_PADDING", "DynMaskConfig", "check_qa_padding"]
+__all__ = ["QA_PADDING", "DynMaskConfig", "check_qa_padding", "validated_from_dict"]

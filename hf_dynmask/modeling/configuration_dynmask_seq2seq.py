@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from .configuration_dynmask import validated_from_dict
+
 MASKING_MODES = ("static", "dynamic")
 #: Checkpoint types whose weights and hyper-parameters the family reads, and the architecture each one is.
 SEQ2SEQ_STYLES = {"bart": "bart", "marian": "marian"}
@@ -62,6 +64,12 @@ class DynMaskSeq2SeqConfig(PretrainedConfig):
         "hidden_size": "d_model",
         "num_hidden_layers": "encoder_layers",
     }
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """transformers' ``from_dict``, with the keyword arguments checked (:func:`.validated_from_dict`)."""
+        config_dict, kwargs = validated_from_dict(cls, config_dict, kwargs)
+        return super().from_dict(config_dict, **kwargs)
 
     def __init__(
         self,
