@@ -133,6 +133,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             decoder_attention_heads=4,
             encoder_ffn_dim=64,
             decoder_ffn_dim=64,
+            max_position_embeddings=256,
         ),
         "llama": dict(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
@@ -148,6 +149,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             decoder_attention_heads=4,
             encoder_ffn_dim=1024,
             decoder_ffn_dim=1024,
+            max_position_embeddings=1024,
         ),
         "llama": dict(
             hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2
@@ -212,7 +214,6 @@ def model_folders(family: str, root: Path, tokenizer: Any, size: str = "tiny", d
     elif family in ("bart", "marian"):
         ids = dict(
             vocab_size=len(tokenizer),
-            max_position_embeddings=256,
             eos_token_id=tokenizer.eos_token_id,
             forced_eos_token_id=tokenizer.eos_token_id,
             dropout=dropout or 0.0,
