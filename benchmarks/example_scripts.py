@@ -68,6 +68,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import hf_dynmask  # noqa: E402  (registers dynmask_varlen for the Llama folder)
+from hf_dynmask.modeling.input_checks import IGNORE_INDEX  # noqa: E402
 
 logger = logging.getLogger("example_scripts")
 
@@ -205,7 +206,7 @@ def token_counts(batch: dict[str, Any]) -> dict[str, int]:
     counts = {"input_real": real, "input_computed": ids.numel()}
     if "decoder_input_ids" in batch:  # seq2seq: DataCollatorForSeq2Seq pads the labels with -100
         labels = batch["labels"]
-        counts |= {"target_real": int((labels != -100).sum()), "target_computed": labels.numel()}
+        counts |= {"target_real": int((labels != IGNORE_INDEX).sum()), "target_computed": labels.numel()}
     return counts
 
 
