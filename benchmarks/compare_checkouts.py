@@ -111,7 +111,7 @@ def worker(checkout: Path, data_dir: Path, batches: int, steps: int) -> dict:
 
     results: dict[str, dict[str, list[float]]] = {}
     for kind in ("inference", "train"):
-        for name, (model, batch_list) in runs.items():  # warm-up
+        for model, batch_list in runs.values():  # warm-up
             step(model, batch_list[0], kind == "train")
         for _ in range(steps):
             for name, (model, batch_list) in runs.items():  # methods interleaved
@@ -130,7 +130,8 @@ def worker(checkout: Path, data_dir: Path, batches: int, steps: int) -> dict:
 
 
 def _commit(checkout: Path) -> str:
-    done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
+    git = ["git", "-C", str(checkout)]
+    done = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain"], capture_output=True, text=True)
     return done.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 

@@ -10,7 +10,7 @@ The package is layered; a layer imports only the layers above it in this list:
     training/   Trainer integration, callbacks, checks, evaluation, offline metrics
     sharing/    Hub helpers and model cards
     integrations/   sentence-transformers and PEFT (beside training and sharing; optional dependencies)
-    commands/   the ``hf-dynmask`` command line (demo, bench, inspect)
+    commands/   the ``hf-dynmask`` command line (demo, bench, inspect) and the ``python -m hf_dynmask.run`` launcher
 """
 
 from .data.collators import TokenCounts, align_labels_with_tokens, make_collator, token_counts, tokenize_and_align

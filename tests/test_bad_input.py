@@ -466,6 +466,12 @@ API_CASES = [
     Case("metric-name-misspelt", lambda env: metrics.load("acuracy"), ValueError, "did you mean 'accuracy'?"),
     # -- issue 21: the batch contract, on every path a user reaches ----------------------------------------------
     Case(
+        "config-from-pretrained-invalid-keyword",  # transformers sets from_pretrained's kwargs past __init__'s checks
+        lambda env: DynMaskConfig.from_pretrained(str(env.folder / "model"), masking="sometimes"),
+        ValueError,
+        "masking must be one of ['static', 'dynamic'], got 'sometimes'",
+    ),
+    Case(
         "model-misspelled-argument",
         lambda env: env.dynamic(IDS, atention_mask=torch.ones_like(IDS)),
         ValueError,

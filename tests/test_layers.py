@@ -11,6 +11,7 @@ a lazy import counts as much as a top-level one:
     sharing/        also modeling/ and data/ (training and sharing are side by side: neither imports the other)
     integrations/   also modeling/ and data/ (beside training and sharing: sentence-transformers and PEFT)
     commands/       anything
+    hf_dynmask.run  the ``python -m hf_dynmask.run`` entry point: above every layer, imports commands/ only
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hf_dynmask"
 LAYERS = ("modeling", "data", "training", "sharing", "integrations", "commands")
+# Modules above the layers: the package itself and the launcher's ``-m`` entry point (nothing imports them).
+TOP = {"hf_dynmask", "hf_dynmask.run"}
 # What each layer may import from the package, besides its own modules.
 ALLOWED = {
     "modeling": set(),
@@ -82,7 +85,7 @@ def layer_of(name: str) -> str | None:
 
 
 def test_every_module_is_in_a_layer():
-    outside = [name for name in MODULES if layer_of(name) is None and name != "hf_dynmask"]
+    outside = [name for name in MODULES if layer_of(name) is None and name not in TOP]
     assert not outside, f"modules outside the layers {LAYERS}: {outside}"
 
 
@@ -96,9 +99,13 @@ def test_layer_imports_only_layers_below(layer):
             target_layer = layer_of(target)
             if target_layer == layer:
                 continue
-            if target == "hf_dynmask" or (target_layer not in ALLOWED[layer] and target not in ALLOWED[layer]):
+            if target in TOP or (target_layer not in ALLOWED[layer] and target not in ALLOWED[layer]):
                 problems.append(f"{name} imports {target}")
     assert not problems, "\n".join(problems)
+
+
+def test_the_launcher_entry_point_imports_only_commands():
+    assert {layer_of(target) for target in GRAPH["hf_dynmask.run"]} == {"commands"}
 
 
 def test_modeling_imports_only_stdlib_torch_and_transformers():

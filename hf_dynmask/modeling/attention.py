@@ -81,12 +81,22 @@ class LengthGroup(NamedTuple):
 
 
 class VarlenPlan(NamedTuple):
-    """How :func:`varlen_attention` splits a packed batch into length groups. Built once per forward."""
+    """How :func:`varlen_attention` splits a packed batch into length groups. Built once per forward.
+
+    The kernel gathers every group's blocks at once (one ``index_select`` per tensor: ``q_index``, ``k_index``) and
+    scatters every output back at once (``out_index``), whatever the number of groups.
+    """
 
     groups: tuple[LengthGroup, ...]
-    inverse: torch.Tensor | None  # int64 (Nq,): packed order from the groups' concatenated outputs; None if identity
+    q_index: torch.Tensor | None  # int64 (sum n * Lq,): the groups' q_gather, concatenated; None: no gather needed
+    k_index: torch.Tensor | None  # int64 (sum n * Lk,): the same for keys (q_index itself for self-attention)
+    out_index: torch.Tensor | None  # int64 (Nq,): each packed query's slot in the concatenated blocks; None: identity
     num_q_tokens: int
     num_k_tokens: int
+    cu_seqlens_q: torch.Tensor | None = None  # int32 (S + 1,): for kernels that take boundaries (torch_varlen)
+    cu_seqlens_k: torch.Tensor | None = None
+    max_q: int = 0
+    max_k: int = 0
 
 
 def _bounds(cu_seqlens: torch.Tensor, name: str) -> list[int]:
@@ -98,18 +108,30 @@ def _bounds(cu_seqlens: torch.Tensor, name: str) -> list[int]:
     return bounds
 
 
+#: The most length groups (attention kernel calls per layer) :func:`plan_varlen` makes by default, whatever the mix of
+#: lengths: more groups waste fewer padded slots but cost a kernel call (and its views' bookkeeping) each. On CPU four
+#: trained fastest, on short utterances as on 384-token windows, at about twice stock BERT's operator count per step
+#: (BENCHMARKS.md, "Attention calls per layer").
+MAX_GROUPS = 4
+
+
 def plan_varlen(
     cu_seqlens_q: torch.Tensor,
     cu_seqlens_k: torch.Tensor | None = None,
     bucket_ratio: float = 0.8,
     static_structure: bool = False,
+    max_groups: int | None = MAX_GROUPS,
+    min_group_seqs: int = 1,
 ) -> VarlenPlan:
     """Group the sequences of a packed batch by length for :func:`varlen_attention`.
 
     Sequences are sorted by query length; a sequence joins the current group while its query length is at least
     ``bucket_ratio`` times the group's longest and its key length within that ratio of the group's key lengths, so
     each group wastes at most about ``1 - bucket_ratio`` of its slots on padding (``bucket_ratio=0`` makes one group,
-    ``1`` one group per distinct pair of lengths).
+    ``1`` one group per distinct pair of lengths). Then, while there are more than ``max_groups`` groups, the two
+    neighbouring groups whose merge adds the fewest padded query-key pairs are merged, so a layer never makes more
+    than ``max_groups`` kernel calls (None: no bound); a group of fewer than ``min_group_seqs`` sequences is merged
+    the same way (``torch.compile`` specializes a size of 1, so compiled plans keep every group at two or more).
 
     Args:
         cu_seqlens_q: int32 ``(S + 1,)``, starting at 0: the queries' boundaries.
@@ -156,6 +178,7 @@ def plan_varlen(
                 continue
         members_of_groups.append([s])
         k_range = [lens_k[s], lens_k[s]]
+    members_of_groups = _merge_groups(members_of_groups, lens_q, lens_k, max_groups, min_group_seqs)
 
     groups = []
     gathered_real = []  # packed query indices in the order the groups' outputs are concatenated
@@ -186,10 +209,58 @@ def plan_varlen(
             )
         )
 
-    order_out = torch.cat(gathered_real)
     num_q_tokens = bounds_q[-1]
-    identity = not static_structure and torch.equal(order_out, torch.arange(num_q_tokens, device=device))
-    return VarlenPlan(tuple(groups), None if identity else torch.argsort(order_out), num_q_tokens, bounds_k[-1])
+    q_index = torch.cat([g.q_gather for g in groups]) if len(groups) > 1 else groups[0].q_gather
+    k_index = q_index if self_attention else torch.cat([g.k_gather for g in groups])
+    slots, offset = [], 0
+    for group in groups:
+        slots.append(offset + (torch.arange(group.q_gather.numel(), device=device) if group.q_real_slots is None
+                               else group.q_real_slots))  # fmt: skip
+        offset += group.q_gather.numel()
+    out_index = torch.empty(num_q_tokens, dtype=torch.long, device=device)
+    out_index[torch.cat(gathered_real)] = torch.cat(slots)
+    identity = (
+        not static_structure
+        and q_index.numel() == num_q_tokens
+        and torch.equal(q_index, torch.arange(num_q_tokens, device=device))
+        and (self_attention or torch.equal(k_index, torch.arange(bounds_k[-1], device=device)))
+    )
+    boundaries = (
+        cu_seqlens_q.to(torch.int32),
+        (cu_seqlens_q if self_attention else cu_seqlens_k).to(torch.int32),
+        max(lens_q),
+        max(lens_k),
+    )
+    if identity:  # one group, no padding, in packed order: the blocks are views of the inputs
+        return VarlenPlan(tuple(groups), None, None, None, num_q_tokens, bounds_k[-1], *boundaries)
+    return VarlenPlan(tuple(groups), q_index, k_index, out_index, num_q_tokens, bounds_k[-1], *boundaries)
+
+
+def _merge_groups(
+    groups: list[list[int]], lens_q: list[int], lens_k: list[int], max_groups: int | None, min_group_seqs: int
+) -> list[list[int]]:
+    """Merge neighbouring groups (longest first) while more than ``max_groups`` remain or one holds fewer than
+    ``min_group_seqs`` sequences, each time the pair whose merge adds the fewest padded query-key pairs (``n * Lq *
+    Lk`` of the merged block minus the two blocks'; among the pairs with such a small group when that is the
+    reason)."""
+    if max_groups is not None and max_groups < 1:
+        raise ValueError(f"max_groups must be >= 1 or None, got {max_groups}")
+
+    def cost(members: list[int]) -> int:
+        return len(members) * max(lens_q[s] for s in members) * max(lens_k[s] for s in members)
+
+    groups = [list(g) for g in groups]
+    while len(groups) > 1:
+        too_many = max_groups is not None and len(groups) > max_groups
+        small = [i for i, g in enumerate(groups) if len(g) < min_group_seqs]
+        if not too_many and not small:
+            break
+        pairs = range(len(groups) - 1)
+        if not too_many:  # only pairs that absorb a small group
+            pairs = [i for i in pairs if i in small or i + 1 in small]
+        i = min(pairs, key=lambda i: cost(groups[i] + groups[i + 1]) - cost(groups[i]) - cost(groups[i + 1]))
+        groups[i : i + 2] = [groups[i] + groups[i + 1]]
+    return groups
 
 
 def _block(bounds: list[int], lens: list[int], members: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,7 +320,11 @@ def rows_plan(batch_size: int, q_len: int, k_len: int, device: torch.device | st
     k_gather = q_gather if k_len == q_len else torch.arange(batch_size * k_len, device=device)
     diagonal = None if k_len == q_len else torch.full((batch_size, 1, 1, 1), k_len - q_len, device=device)
     group = LengthGroup(q_gather, k_gather, None, None, None, diagonal, batch_size, q_len, k_len)
-    return VarlenPlan((group,), None, batch_size * q_len, batch_size * k_len)
+    cu_q = torch.arange(0, (batch_size + 1) * q_len, q_len, dtype=torch.int32, device=device)
+    cu_k = (
+        cu_q if k_len == q_len else torch.arange(0, (batch_size + 1) * k_len, k_len, dtype=torch.int32, device=device)
+    )
+    return VarlenPlan((group,), None, None, None, batch_size * q_len, batch_size * k_len, cu_q, cu_k, q_len, k_len)
 
 
 class AttentionLayout(NamedTuple):
@@ -381,13 +456,19 @@ def varlen_attention(
         is_causal: each query sees its sequence's keys up to its own position (bottom-right aligned).
         sliding_window: ``W``: keys at most ``W - 1`` positions away (only before the query when causal).
         softcap: cap the scores at ``softcap`` with ``tanh`` before the mask (forces the explicit kernel).
-        kernel: ``"sdpa"`` (torch's scaled_dot_product_attention) or ``"eager"`` (explicit softmax, the reference).
+        kernel: ``"sdpa"`` (torch's scaled_dot_product_attention per length group), ``"eager"`` (explicit softmax,
+            the reference) or ``"torch_varlen"`` (CUDA: torch's own varlen flash kernel,
+            ``torch.nn.attention.varlen.varlen_attn``, on the packed tokens directly, no length groups; not verified on
+            a GPU yet, so opt-in: ``tests/modeling/test_gpu.py`` and ``benchmarks/gpu_check.py`` verify it where a
+            GPU is lent).
 
     Returns:
         ``(Nq, H, D)``, in packed order.
     """
-    if kernel not in ("sdpa", "eager"):
-        raise ValueError(f"kernel must be 'sdpa' or 'eager', got {kernel!r}")
+    if kernel not in ("sdpa", "eager", "torch_varlen"):
+        raise ValueError(f"kernel must be 'sdpa', 'eager' or 'torch_varlen', got {kernel!r}")
+    if kernel == "torch_varlen":
+        return _torch_varlen(query, key, value, plan, scaling, dropout_p, is_causal, sliding_window, softcap, training)
     # (Not under torch.compile, where comparing with the plan's ints would fix the token count in the graph; a
     # mismatched plan still fails there, at the reshape back to the queries' shape.)
     compiling = torch.compiler.is_compiling()
@@ -403,13 +484,21 @@ def varlen_attention(
         raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
     use_sdpa = kernel == "sdpa" and softcap is None
     dropout_p = dropout_p if training else 0.0
+    # Every group's blocks in one gather per tensor, split into views: a kernel call per group, no more.
+    q_all, k_all, v_all = (
+        t if index is None else t.index_select(0, index)
+        for t, index in ((query, plan.q_index), (key, plan.k_index), (value, plan.k_index))
+    )
+    shapes = [_block_shape(group) for group in plan.groups]
+    if len(shapes) == 1:
+        q_parts, k_parts, v_parts = (q_all,), (k_all,), (v_all,)
+    else:
+        q_parts = q_all.split([n * q_len for n, q_len, _ in shapes])
+        k_parts, v_parts = (t.split([n * k_len for n, _, k_len in shapes]) for t in (k_all, v_all))
     outputs = []
-    for group in plan.groups:
-        n, q_len, k_len = _block_shape(group)
-        q = query.index_select(0, group.q_gather).view(n, q_len, num_heads, -1).transpose(1, 2)
-        k, v = (
-            t.index_select(0, group.k_gather).view(n, k_len, kv_heads, -1).transpose(1, 2) for t in (key, value)
-        )  # (n, H, Lq, D) and (n, Hkv, Lk, D) blocks from here on
+    for group, (n, q_len, k_len), q, k, v in zip(plan.groups, shapes, q_parts, k_parts, v_parts, strict=True):
+        q = q.view(n, q_len, num_heads, -1).transpose(1, 2)  # (n, H, Lq, D)
+        k, v = (t.view(n, k_len, kv_heads, -1).transpose(1, 2) for t in (k, v))  # (n, Hkv, Lk, D)
         plain_causal = (
             is_causal and sliding_window is None and group.key_allowed is None and group.diagonal is None
         )  # equal lengths, no padding: SDPA's own causal flag
@@ -423,10 +512,37 @@ def varlen_attention(
             if plain_causal:
                 allowed = _group_mask(group, True, None)
             out, _ = eager_attention(q, k, v, allowed, scaling, dropout_p, training, softcap)
-        out = out.transpose(1, 2).reshape(n * q_len, num_heads, -1)  # (n * Lq, H, D)
-        outputs.append(out if group.q_real_slots is None else out.index_select(0, group.q_real_slots))
-    packed = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-    return packed if plan.inverse is None else packed.index_select(0, plan.inverse)
+        outputs.append(out.transpose(1, 2).reshape(n * q_len, num_heads, -1))  # (n * Lq, H, D)
+    blocks = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return blocks if plan.out_index is None else blocks.index_select(0, plan.out_index)  # (Nq, H, D), packed order
+
+
+def _torch_varlen(query, key, value, plan, scaling, dropout_p, is_causal, sliding_window, softcap, training):
+    """torch's varlen flash kernel (CUDA, fp16 / bf16): the whole packed batch in one call, from the boundaries."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    if not query.is_cuda:
+        raise ValueError("kernel='torch_varlen' runs on CUDA only (torch's flash kernel); use kernel='sdpa' elsewhere")
+    if softcap is not None or (training and dropout_p > 0.0):
+        raise ValueError(
+            "kernel='torch_varlen' has no attention softcap or dropout; use kernel='sdpa' (length groups) for them"
+        )
+    if plan.cu_seqlens_q is None:
+        raise ValueError("kernel='torch_varlen' needs a plan with its boundaries (plan_varlen / rows_plan)")
+    left = -1 if sliding_window is None else sliding_window - 1
+    window = (left, 0) if is_causal else (left, left)  # flash's window; causal: nothing to the right (bottom-right)
+    return varlen_attn(
+        query,
+        key,
+        value,
+        plan.cu_seqlens_q,
+        plan.cu_seqlens_k,
+        plan.max_q,
+        plan.max_k,
+        scale=scaling,
+        window_size=window,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )
 
 
 def flex_attention(

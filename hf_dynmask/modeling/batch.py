@@ -41,8 +41,13 @@ The rules, each written once below:
     positions   a new sequence starts wherever a position is not its predecessor plus one (transformers'
                 ``find_packed_sequence_indices``): inside a row of real tokens that needs stated boundaries; every
                 sequence of a packed row starts at the model's first position (0, or ``padding_idx + 1`` for
-                RoBERTa-style models) and counts up by one; every position lies in ``[0, max positions)``
+                RoBERTa-style models) and counts up by one; every position lies in ``[0, max positions)``; padding
+                computed for a head that reads it is numbered as the stock model numbers it (its column, left
+                padding refused; or ``padding_idx``)
     cache       packed and flattened rows take no cache
+    targets     a seq2seq target given ``labels`` and no ``decoder_attention_mask`` (transformers'
+                ``DataCollatorForSeq2Seq``): the tail of ``-100`` labels of each row is its padding
+                (:func:`target_padding_from_labels`); without labels the target's padding is not known
 
 Values are reduced on the device to a few integers and read back in one transfer (two for a packed row with
 ``position_ids``), together with any value statistics the caller adds (:func:`describe_batch`'s ``value_stats``).
@@ -91,6 +96,7 @@ __all__ = [
     "refuse_unknown_arguments",
     "require_integer",
     "require_tensor",
+    "target_padding_from_labels",
 ]
 
 Kind = Literal["padded", "unpadded", "packed"]
@@ -126,6 +132,12 @@ class BatchRules:
         given_positions: ``"used"``: the ``position_ids`` of rows are used as given; ``"checked"``: they must equal
             each sequence's own positions at real tokens (the seq2seq family numbers positions itself).
         unpad: run padded rows packed (``"unpadded"``: DynMask's dynamic masking).
+        padding_positions: the positions of padding tokens in rows the model numbers itself and runs padded. None:
+            any (nothing reads a padding position's output). Where a head reads them (stock BERT's question-answering
+            softmax scores padding), the stock models' numbering: ``"column"``, padding at ``position_start`` plus its
+            column (stock BERT numbers a padded row's columns; real tokens then need to start at column 0, so
+            left-padded rows without ``position_ids`` are refused), or an ``int``, every padding token at that
+            position (stock RoBERTa's ``padding_idx``).
         names: the argument names, for the messages.
     """
 
@@ -135,6 +147,7 @@ class BatchRules:
     numbers_positions: bool = True
     given_positions: Literal["used", "checked"] = "used"
     unpad: bool = False
+    padding_positions: int | Literal["column"] | None = None
     names: InputNames = field(default=ENCODER_NAMES)
 
 
@@ -425,6 +438,9 @@ def _describe_rows(shape, rules: BatchRules, attention_mask, position_ids, past,
             lens.max(),
             ((last - first + 1 != lens) & (lens > 0)).sum(),  # rows with padding between real tokens
         ]
+    column_padding = rules.padding_positions == "column" and position_ids is None and not rules.unpad
+    if column_padding and attention_mask is not None:
+        stats.append((first > 0).sum())  # rows with left padding
     if position_ids is not None:
         positions = position_ids.expand(rows, length).long()  # (B, T)
         current = None if real is None else real[:, -length:]  # (B, T)
@@ -436,6 +452,7 @@ def _describe_rows(shape, rules: BatchRules, attention_mask, position_ids, past,
             (positions if current is None else torch.where(current, positions, -1)).amax(),
         ]
     values, extra = _read(stats, value_stats, check_values)
+    left_padded = values.pop() if column_padding and attention_mask is not None else 0
     if attention_mask is not None:
         bad_values, shortest, longest, holes, *values = values
         if bad_values:
@@ -461,6 +478,15 @@ def _describe_rows(shape, rules: BatchRules, attention_mask, position_ids, past,
     start = rules.position_start
     if position_ids is None:
         _check_position_range(rules, start, start + longest - 1, longest)
+        if column_padding and padded:
+            if left_padded:
+                raise ValueError(
+                    f"{names.attention_mask} pads {left_padded} row(s) on the left, but the stock model this "
+                    "computation reproduces numbers a padded row's columns, so its real tokens would get other "
+                    "positions than their own: pad on the right (tokenizer.padding_side='right'), or pass "
+                    f"{names.position_ids} (the columns, as the stock model uses them)"
+                )
+            _check_position_range(rules, start, start + past + length - 1, past + length)
     else:
         new_sequences, lowest, highest = values
         if new_sequences:
@@ -490,6 +516,8 @@ def _describe_rows(shape, rules: BatchRules, attention_mask, position_ids, past,
             "unpadded", rows, length, index.cu_seqlens, index.max_seqlen, packed_positions, None, index, values=extra
         )
     own = _own_positions(real, shape, past, start, device) if rules.numbers_positions else None
+    if own is not None and real is not None and rules.padding_positions is not None:
+        own = _stock_padding_positions(own, real[:, -length:], rules.padding_positions, start, past)
     if position_ids is None:
         layer_positions = own
     else:
@@ -503,11 +531,24 @@ def _describe_rows(shape, rules: BatchRules, attention_mask, position_ids, past,
 
 def _own_positions(real: torch.Tensor | None, shape, past: int, start: int, device) -> torch.Tensor:
     """Each token's position inside its own sequence, ``(B, T)``, from ``start`` at its first real token (cached
-    ones counted; padding gets ``start``)."""
+    ones counted; padding before the first real token gets ``start``, padding after the last one that token's
+    position)."""
     rows, length = shape
     if real is None:
         return (torch.arange(past, past + length, device=device) + start).expand(rows, length)
     return (real.long().cumsum(1) - 1).clamp(min=0)[:, -length:] + start
+
+
+def _stock_padding_positions(
+    own: torch.Tensor, real: torch.Tensor, padding_positions: int | str, start: int, past: int
+) -> torch.Tensor:
+    """``own`` ``(B, T)`` with the padding tokens (``real`` False) at the stock models' positions: their column
+    (from ``start``) or the one position ``padding_positions``."""
+    if padding_positions == "column":
+        stock = torch.arange(past, past + own.shape[1], device=own.device) + start  # (T,)
+    else:
+        stock = torch.full((), padding_positions, dtype=own.dtype, device=own.device)
+    return torch.where(real, own, stock)
 
 
 def _check_given(names: InputNames, given: torch.Tensor, expected: torch.Tensor, start: int) -> None:
@@ -543,6 +584,42 @@ def check_pairs(source: BatchLayout, target: BatchLayout) -> None:
         )
     if source.num_seqs != target.num_seqs:
         raise ValueError(f"{source.num_seqs} sources but {target.num_seqs} targets: every pair needs both")
+
+
+def target_padding_from_labels(
+    labels: torch.Tensor | None,
+    shape: tuple[int, int],
+    *,
+    attention_mask: torch.Tensor | None = None,
+    packed: bool = False,
+    past: int = 0,
+    ignore_index: int = -100,
+) -> torch.Tensor | None:
+    """A seq2seq target's padding where its ``labels`` state it: the ``decoder_attention_mask`` ``(B, Tt)`` (1 at real
+    positions), or None where the padding cannot be known.
+
+    transformers' ``DataCollatorForSeq2Seq`` pads ``labels`` with ``-100`` and sends no ``decoder_attention_mask``, so
+    the model sees no target padding. The decoder is causal: a position after the last scored label of its row is
+    attended to by no earlier position, and the loss never reads it. So the tail of ``-100`` labels of each row is
+    padding, and stripping it leaves the loss and its gradients unchanged (the stripped positions' outputs are zeros).
+    Every position up to the last scored label is real, ``-100`` labels among them (left padding, unscored prompt
+    tokens: later positions attend to them); a row with no scored label keeps its first position.
+
+    None (every target position is computed, as by the stock models) when: no ``labels``; a ``decoder_attention_mask``
+    is given (it states the padding itself); the target is packed (it has no padding); ``past`` positions are cached
+    (generation); ``labels`` does not have the decoder inputs' ``shape`` ``(B, Tt)`` (the model refuses them later).
+
+    >>> labels = torch.tensor([[5, 6, -100, -100], [-100, 7, -100, 9], [-100, -100, -100, -100]])
+    >>> target_padding_from_labels(labels, (3, 4)).tolist()
+    [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    """
+    if labels is None or attention_mask is not None or packed or past:
+        return None
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 2 or tuple(labels.shape) != tuple(shape):
+        return None
+    columns = torch.arange(labels.shape[1], device=labels.device)  # (Tt,)
+    last = torch.where(labels != ignore_index, columns, 0).amax(dim=1, keepdim=True)  # (B, 1): 0 when none scored
+    return (columns <= last).long()  # (B, Tt)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

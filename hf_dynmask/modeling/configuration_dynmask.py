@@ -6,12 +6,16 @@ Model-side module: imports only transformers (it is saved next to a model as rem
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
+from typing import Literal
 
 from transformers import PretrainedConfig
 
 MASKING_MODES = ("static", "dynamic")
 HEAD_STYLES = ("bert", "roberta")
+#: How the question-answering head treats padding (``DynMaskConfig.qa_padding``).
+QA_PADDING = ("masked", "scored")
 #: Checkpoint types whose weights and hyper-parameters DynMask reads, and the head style each implies.
 SOURCE_MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "camembert": "roberta"}
 
@@ -29,6 +33,18 @@ def did_you_mean(value: object, choices) -> str:
     return f"; did you mean {lowered[close[0]]!r}?" if close else ""
 
 
+def validated_from_dict(cls, config_dict: dict, kwargs: dict) -> tuple[dict, dict]:
+    """``config_dict`` with the keyword arguments that are ``cls.__init__`` parameters moved into it.
+
+    transformers' ``from_pretrained(path, **kwargs)`` builds the config from the file, then sets the keyword arguments
+    as attributes, past ``__init__``'s checks (``masking="sometimes"`` would be kept); moved into the dict, they are
+    checked as if given to the constructor. Returns the dict and the other keyword arguments.
+    """
+    parameters = inspect.signature(cls.__init__).parameters
+    own = {name: kwargs.pop(name) for name in list(kwargs) if name in parameters and name not in ("self", "kwargs")}
+    return {**config_dict, **own}, kwargs
+
+
 def unknown_choice(name: str, value: object, choices) -> str:
     """The message for an option outside its ``choices``: the choices, and the closest one when a name is near.
 
@@ -36,6 +52,23 @@ def unknown_choice(name: str, value: object, choices) -> str:
     "masking must be one of ['static', 'dynamic'], got 'Dynamic'; did you mean 'dynamic'?"
     """
     return f"{name} must be one of {[str(c) for c in choices]}, got {value!r}{did_you_mean(value, choices)}"
+
+
+def check_qa_padding(qa_padding: str, masking: str, is_decoder: bool) -> None:
+    """Refuse ``qa_padding="scored"`` where the stock question-answering loss cannot be reproduced exactly."""
+    if qa_padding != "scored":
+        return
+    if masking != "static":
+        raise ValueError(
+            f"qa_padding='scored' scores padding positions as stock BERT computes them, and masking={masking!r} "
+            "never computes padding: use masking='static' with it, or qa_padding='masked' (the default: padding "
+            "left out of the answer softmax, the same loss however the batch is padded)"
+        )
+    if is_decoder:
+        raise ValueError(
+            "qa_padding='scored' reproduces the stock bidirectional question-answering heads; a causal model "
+            "(is_decoder=True) computes padding otherwise: use qa_padding='masked'"
+        )
 
 
 def _looks_local(name: str) -> bool:
@@ -69,6 +102,16 @@ class DynMaskConfig(PretrainedConfig):
             Causal self-attention (for `DynMaskForCausalLM`).
         classifier_dropout (`float`, *optional*):
             Dropout of the classification heads; defaults to ``hidden_dropout_prob``.
+        qa_padding (`str`, defaults to `"masked"`):
+            What [`DynMaskForQuestionAnswering`]'s start / end softmax covers. `"masked"`: real tokens only (padding
+            logits are ``torch.finfo(dtype).min``), so the loss is the same however much padding a batch has, in
+            every mode. `"scored"`: padding positions too, as transformers' ``BertForQuestionAnswering`` /
+            ``RobertaForQuestionAnswering`` score them, for parity with the stock loss (which moves with the amount
+            of padding): padding tokens are computed as the stock model computes them (attending to the real tokens
+            of their row, numbered by column for BERT or at ``pad_token_id`` for RoBERTa), which only
+            ``masking="static"`` does, on padded batches of an encoder (``is_decoder=False``); with BERT-style
+            numbering, padding on the right (or explicit ``position_ids``). Other cases are refused, never
+            approximated: dynamic masking and flash-attn never compute padding, and packed rows have none.
     """
 
     model_type = "dynmask"
@@ -96,6 +139,7 @@ class DynMaskConfig(PretrainedConfig):
         varlen_bucket_ratio: float = 0.8,
         is_decoder: bool = False,
         classifier_dropout: float | None = None,
+        qa_padding: Literal["masked", "scored"] = "masked",
         tie_word_embeddings: bool = True,
         **kwargs,
     ):
@@ -112,6 +156,9 @@ class DynMaskConfig(PretrainedConfig):
             raise ValueError(unknown_choice("masking", masking, MASKING_MODES))
         if head_style not in HEAD_STYLES:
             raise ValueError(unknown_choice("head_style", head_style, HEAD_STYLES))
+        if qa_padding not in QA_PADDING:
+            raise ValueError(unknown_choice("qa_padding", qa_padding, QA_PADDING))
+        check_qa_padding(qa_padding, masking, is_decoder)
         if hidden_size % num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_attention_heads})"
@@ -149,6 +196,13 @@ class DynMaskConfig(PretrainedConfig):
         self.position_start = position_start
         self.varlen_bucket_ratio = varlen_bucket_ratio
         self.classifier_dropout = classifier_dropout
+        self.qa_padding = qa_padding
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """transformers' ``from_dict``, with the keyword arguments checked (:func:`validated_from_dict`)."""
+        config_dict, kwargs = validated_from_dict(cls, config_dict, kwargs)
+        return super().from_dict(config_dict, **kwargs)
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
@@ -185,4 +239,4 @@ class DynMaskConfig(PretrainedConfig):
 # ``trust_remote_code=True`` where hf_dynmask is not installed. Models add their own entries (modeling_dynmask.py).
 DynMaskConfig.register_for_auto_class()
 
-__all__ = ["DynMaskConfig"]
+__all__ = ["QA_PADDING", "DynMaskConfig", "check_qa_padding", "validated_from_dict"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from .configuration_dynmask import validated_from_dict
+
 MASKING_MODES = ("static", "dynamic")
 #: Checkpoint types whose weights and hyper-parameters the family reads, and the architecture each one is.
 SEQ2SEQ_STYLES = {"bart": "bart", "marian": "marian"}
@@ -32,8 +34,9 @@ class DynMaskSeq2SeqConfig(PretrainedConfig):
         seq2seq_style (`str`, defaults to `"bart"`):
             The architecture the weights come from. Both are post-LN transformers with the same layer names; they
             differ in their embeddings. `"bart"`: learned position embeddings (position ``p`` is row ``p + 2``) and a
-            ``layernorm_embedding`` on both sides. `"marian"`: sinusoidal positions (not saved, rebuilt at load),
-            no embedding layer norm, and optionally separate source / target vocabularies
+            ``layernorm_embedding`` on both sides. `"marian"`: sinusoidal positions (handled as stock Marian
+            handles them: trainable once loaded with ``from_pretrained``, saved by the base model only, rebuilt when a
+            checkpoint lacks them), no embedding layer norm, and optionally separate source / target vocabularies
             (``share_encoder_decoder_embeddings=False``, ``decoder_vocab_size``).
         masking (`str`, defaults to `"dynamic"`):
             How padded batches are computed. `"static"` computes every position, padding included, as the stock
@@ -61,6 +64,12 @@ class DynMaskSeq2SeqConfig(PretrainedConfig):
         "hidden_size": "d_model",
         "num_hidden_layers": "encoder_layers",
     }
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """transformers' ``from_dict``, with the keyword arguments checked (:func:`.validated_from_dict`)."""
+        config_dict, kwargs = validated_from_dict(cls, config_dict, kwargs)
+        return super().from_dict(config_dict, **kwargs)
 
     def __init__(
         self,

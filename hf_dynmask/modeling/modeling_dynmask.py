@@ -51,7 +51,7 @@ from transformers.utils import logging
 from .attention import AttentionLayout, attend, dense_mask, plan_varlen
 from .backends import FLASH_IMPLEMENTATIONS, AttentionBackendHooks, backend_of
 from .batch import BatchLayout, BatchRules, describe_batch, refuse_unknown_arguments
-from .configuration_dynmask import DynMaskConfig
+from .configuration_dynmask import QA_PADDING, DynMaskConfig, check_qa_padding, unknown_choice
 from .input_checks import (
     check_answer_positions,
     check_encoder_inputs,
@@ -69,6 +69,9 @@ from .stock import register_attention
 logger = logging.get_logger(__name__)
 
 register_attention()
+
+#: Length groups of the packed attention under torch.compile (each group count is one graph).
+COMPILED_GROUPS = 2
 
 #: What every forward of the family takes besides a head's own arguments (for the did-you-mean of unknown ones).
 ENCODER_ARGUMENTS = (
@@ -311,15 +314,19 @@ class DynMaskPreTrainedModel(AttentionBackendHooks, PreTrainedModel):
         add_auto_map(self, DynMaskConfig, AUTO_CLASS_NAMES)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
-    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs) -> EncoderResult:
+    def _encode(
+        self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs, score_padding=False
+    ) -> EncoderResult:
         """The heads' encoder call. Each head names these inputs in its own ``forward``, because transformers'
-        ``Trainer(remove_unused_columns=True)`` keeps only the dataset columns a signature names."""
+        ``Trainer(remove_unused_columns=True)`` keeps only the dataset columns a signature names. ``score_padding``:
+        the head reads the outputs at padding (:meth:`DynMaskModel.batch_rules`)."""
         return self.bert._encode_inputs(
             input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
+            score_padding=score_padding,
             **kwargs,
         )
 
@@ -445,9 +452,12 @@ class DynMaskModel(DynMaskPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        score_padding: bool = False,
         **kwargs,
     ) -> EncoderResult:
-        """:meth:`forward` for the heads: the output plus what per-token heads need (:class:`EncoderResult`)."""
+        """:meth:`forward` for the heads: the output plus what per-token heads need (:class:`EncoderResult`).
+        ``score_padding``: a head reads the outputs at padding, which are then computed as the stock model computes
+        them (:meth:`batch_rules`; the question-answering head with ``qa_padding="scored"``)."""
         refuse_unknown_arguments(kwargs, ENCODER_ARGUMENTS, type(self).__name__)
         config = self.config
         output_attentions = bool(config.output_attentions if output_attentions is None else output_attentions)
@@ -464,9 +474,10 @@ class DynMaskModel(DynMaskPreTrainedModel):
             (input_ids, inputs_embeds, token_type_ids),
             torch.compiler.is_compiling(),
             output_attentions,
+            score_padding,
         )
         input_ids, inputs_embeds, token_type_ids = inputs
-        if layout.kind == "padded" and inputs_embeds is not None and layout.real is not None:
+        if layout.kind == "padded" and inputs_embeds is not None and layout.real is not None and not score_padding:
             # Padding is computed here but never attended to; zeros keep a non-finite value there (which the
             # dynamic path never reads) from reaching real tokens through the attention's values.
             inputs_embeds = inputs_embeds.masked_fill(~layout.real[..., None], 0.0)
@@ -503,17 +514,28 @@ class DynMaskModel(DynMaskPreTrainedModel):
 
     # -- the per-batch layout: every check and data-dependent index of a forward, out of compiled graphs ------------
 
-    def batch_rules(self, output_attentions: bool = False) -> BatchRules:
+    def batch_rules(
+        self, output_attentions: bool = False, score_padding: bool = False, embeds: bool = False
+    ) -> BatchRules:
         """What this model reads from a batch (:class:`~.batch.BatchRules`): its first position and position table;
         a causal model reads restarting positions as boundaries; dynamic masking (and flash-attn) strips padding,
-        except when attention weights are asked for, which keep the padded layout."""
+        except when attention weights are asked for, which keep the padded layout.
+
+        ``score_padding`` (a head reads the outputs at padding): padding tokens are numbered as the stock model
+        numbers them, BERT by column, RoBERTa at ``padding_idx`` (``pad_token_id``) given token ids and by column
+        from ``padding_idx + 1`` given ``inputs_embeds`` (``embeds``), as ``RobertaEmbeddings`` does."""
         config = self.config
         unpad = config.masking == "dynamic" or backend_of(config, "encoder") in FLASH_IMPLEMENTATIONS
+        padding_positions = None
+        if score_padding:
+            roberta_ids = config.head_style == "roberta" and not embeds
+            padding_positions = config.pad_token_id if roberta_ids else "column"
         return BatchRules(
             position_start=config.position_start,
             max_positions=config.max_position_embeddings,
             reads_restarts=bool(config.is_decoder),
             unpad=unpad and not output_attentions,
+            padding_positions=padding_positions,
         )
 
     @torch.compiler.disable
@@ -528,13 +550,14 @@ class DynMaskModel(DynMaskPreTrainedModel):
         inputs,
         compiling: bool,
         output_attentions: bool,
+        score_padding: bool = False,
     ) -> tuple[BatchLayout, AttentionLayout, tuple]:
         """The batch contract, the token id checks (read in the same transfer) and the attention layout."""
         input_ids, _, token_type_ids = inputs
         stats = id_stats(input_ids, token_type_ids)
         layout = describe_batch(
             tuple(reference.shape),
-            rules=self.batch_rules(output_attentions),
+            rules=self.batch_rules(output_attentions, score_padding, embeds=input_ids is None),
             attention_mask=attention_mask,
             position_ids=position_ids,
             cu_seq_lens_q=cu_seq_lens_q,
@@ -614,15 +637,19 @@ class DynMaskModel(DynMaskPreTrainedModel):
             return AttentionLayout(name, packed=True, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
         kernel = "eager" if name == "eager" else "sdpa"
         if compiling:
-            # One length group with every field filled: the same plan structure (and so the same graph) for every
-            # batch; its sizes are marked dynamic. Attention then pads each sequence to the batch's longest.
-            plan = plan_varlen(cu_seqlens, bucket_ratio=0.0, static_structure=True)
+            # At most two length groups (one per distinct length, merged where that wastes least) of two sequences
+            # or more, every field filled: two plan structures (one group or two), so two graphs serve every batch;
+            # their sizes are marked dynamic (a group of one sequence would be a size torch.compile specializes).
+            plan = plan_varlen(
+                cu_seqlens, bucket_ratio=1.0, static_structure=True, max_groups=COMPILED_GROUPS, min_group_seqs=2
+            )
             for group in plan.groups:
                 _mark_dynamic(group.q_gather, 0)
                 _mark_dynamic(group.q_real_slots, 0)
                 _mark_dynamic(group.q_real, 0, 1)
                 _mark_dynamic(group.key_allowed, 0, 3)
-            _mark_dynamic(plan.inverse, 0)
+            _mark_dynamic(plan.q_index, 0)
+            _mark_dynamic(plan.out_index, 0)
         else:
             ratio = 0.0 if kernel == "eager" else self.config.varlen_bucket_ratio
             plan = plan_varlen(cu_seqlens, bucket_ratio=ratio)
@@ -913,11 +940,13 @@ class DynMaskForTokenClassification(DynMaskPreTrainedModel):
 class DynMaskForQuestionAnswering(DynMaskPreTrainedModel):
     """Extractive QA.
 
-    ``start_logits`` / ``end_logits`` are ``(B, T)`` padded or ``(S, max_seqlen)`` packed, one row per sequence, with
-    ``torch.finfo(dtype).min`` at padding so the answer softmax covers real tokens only and the loss is the same in
-    every mode (transformers' ``BertForQuestionAnswering`` scores padding positions too, so its loss changes with the
-    padded length). ``start_positions`` / ``end_positions`` ``(B,)`` / ``(S,)`` count from each sequence's first
-    token in packed mode and index the padded row otherwise.
+    ``start_logits`` / ``end_logits`` are ``(B, T)`` padded or ``(S, max_seqlen)`` packed, one row per sequence. By
+    default (``config.qa_padding="masked"``) they hold ``torch.finfo(dtype).min`` at padding, so the answer softmax
+    covers real tokens only and the loss is the same in every mode and with any amount of padding. transformers'
+    ``BertForQuestionAnswering`` scores padding positions too, so its loss changes with the padded length;
+    ``qa_padding="scored"`` reproduces it exactly (static masking, padded batches; see :class:`DynMaskConfig`).
+    ``start_positions`` / ``end_positions`` ``(B,)`` / ``(S,)`` count from each sequence's first token in packed mode
+    and index the padded row otherwise.
     """
 
     def __init__(self, config: DynMaskConfig):
@@ -944,11 +973,26 @@ class DynMaskForQuestionAnswering(DynMaskPreTrainedModel):
         kwargs.pop("num_items_in_batch", None)
         if (start_positions is None) != (end_positions is None):
             raise ValueError("pass both start_positions and end_positions (the answer span), or neither")
-        encoded = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        scored = self._scores_padding()
+        encoded = self._encode(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs, score_padding=scored
+        )
         outputs = encoded.output
         logits = self.qa_outputs(outputs.last_hidden_state)  # (B, T, 2) or (1, N, 2)
         layout = encoded.layout
         min_value = torch.finfo(logits.dtype).min
+        if scored and layout.kind != "padded":
+            raise ValueError(
+                "qa_padding='scored' scores the padding of padded rows, as stock BERT does; "
+                + (
+                    "a packed batch has no padding to score (stock would score the padding of these sequences "
+                    "padded): use a padded collator (make_collator(..., mode='dynamic' or 'static')), or "
+                    "qa_padding='masked'"
+                    if layout.kind == "packed"
+                    else "flash-attn strips padding before the layers: use attn_implementation='sdpa' or 'eager', or "
+                    "qa_padding='masked'"
+                )
+            )
         if layout.kind == "packed":
             cu_seqlens = layout.cu_seqlens
             logits = repad(
@@ -960,7 +1004,8 @@ class DynMaskForQuestionAnswering(DynMaskPreTrainedModel):
         else:
             reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
             real = torch.ones_like(reference, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-            logits = logits.masked_fill(~real[..., None], min_value)
+            if not scored:
+                logits = logits.masked_fill(~real[..., None], min_value)
             if start_positions is not None:
                 first = real.long().argmax(dim=1)  # (B,) the left padding of each row
                 check_answer_positions(start_positions, end_positions, first, real.sum(dim=1), real.shape[1])
@@ -977,6 +1022,16 @@ class DynMaskForQuestionAnswering(DynMaskPreTrainedModel):
                 attentions=outputs.attentions,
             )
         )
+
+    def _scores_padding(self) -> bool:
+        """``config.qa_padding == "scored"``, refused where the stock loss cannot be reproduced exactly (checked per
+        forward: a config can be changed after it is made)."""
+        config = self.config
+        qa_padding = getattr(config, "qa_padding", "masked")
+        if qa_padding not in QA_PADDING:
+            raise ValueError(unknown_choice("config.qa_padding", qa_padding, QA_PADDING))
+        check_qa_padding(qa_padding, config.masking, bool(config.is_decoder))
+        return qa_padding == "scored"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -15,9 +15,11 @@ through the stock BART / Marian model:
   included, with ``(B, 1, T, T)``-style masks, as the stock model does;
 - **dynamic** (``config.masking="dynamic"``, padded input): the padding of both sides is stripped once, before the
   embeddings; the encoder runs on the ``N`` real source tokens, the decoder on the ``Nt`` real target tokens
-  (``decoder_attention_mask`` says which), the LM head and the loss on those only, and the outputs are scattered
-  back to ``(B, Tt, ...)`` (zeros at padding). When a cache is kept (``use_cache``, generation) the decoder runs on
-  the padded target: the stock generation machinery drives it;
+  (``decoder_attention_mask`` says which; without it, the tail of ``-100`` labels of each row, as transformers'
+  ``DataCollatorForSeq2Seq`` pads them, :func:`~.batch.target_padding_from_labels`), the LM head and the loss on
+  those only, and the outputs are scattered back to ``(B, Tt, ...)`` (zeros at padding). Where nothing states the
+  target's padding (no mask, no labels), or a cache is kept (``use_cache``, generation), the decoder runs on the
+  padded target, as the stock model does;
 - **packed** (``input_ids`` ``(1, N)`` with ``cu_seq_lens_q``, and ``labels`` / ``decoder_input_ids`` ``(1, Nt)``
   with ``decoder_cu_seq_lens``, from hf_dynmask's seq2seq collator): no padding anywhere. Encoder self-attention
   stays inside each source, decoder causal self-attention inside each target, and cross-attention goes from target
@@ -60,6 +62,7 @@ from .batch import (
     check_pairs,
     describe_batch,
     refuse_unknown_arguments,
+    target_padding_from_labels,
 )
 from .configuration_dynmask_seq2seq import DynMaskSeq2SeqConfig
 from .input_checks import IGNORE_INDEX
@@ -192,16 +195,19 @@ class DynMaskSeq2SeqLearnedPositions(nn.Embedding):
         return super().forward(position_ids + self.offset)
 
 
-class DynMaskSeq2SeqSinusoidalPositions(nn.Module):
-    """Marian's fixed sinusoidal positions (sines in the first half of the vector, cosines in the second).
+class DynMaskSeq2SeqSinusoidalPositions(nn.Embedding):
+    """Marian's sinusoidal positions (sines in the first half of the vector, cosines in the second), kept as stock
+    Marian keeps them, so training and saving change the same numbers.
 
-    The table is a buffer named ``weight`` (Marian's key), rebuilt at initialization and never saved; unlike a frozen
-    parameter, which a load can make trainable again, a buffer is never handed to an optimizer.
+    The table is the parameter ``weight`` (Marian's key), filled with the sinusoids at initialization. As in
+    transformers' ``MarianSinusoidalPositionalEmbedding``, it is created frozen (``requires_grad=False``, a model built
+    from a config leaves it out of training), and ``from_pretrained`` makes it trainable again (transformers loads
+    every floating-point parameter with ``requires_grad=True``): a model loaded from a checkpoint trains it, as stock
+    Marian does. Whether it is saved follows stock Marian too (see :class:`DynMaskSeq2SeqPreTrainedModel`).
     """
 
     def __init__(self, num_positions: int, embedding_dim: int):
-        super().__init__()
-        self.register_buffer("weight", torch.empty(num_positions, embedding_dim))
+        super().__init__(num_positions, embedding_dim, _freeze=True)
 
     def create_weight(self) -> torch.Tensor:
         """The table Marian computes (in float64, then cast), here with torch instead of NumPy."""
@@ -213,9 +219,6 @@ class DynMaskSeq2SeqSinusoidalPositions(nn.Module):
         table[:, :sentinel] = torch.sin(angles[:, 0::2]).to(table.dtype)
         table[:, sentinel:] = torch.cos(angles[:, 1::2]).to(table.dtype)
         return table
-
-    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(position_ids, self.weight)
 
 
 def _position_embedding(config: DynMaskSeq2SeqConfig) -> nn.Module:
@@ -578,10 +581,15 @@ class DynMaskSeq2SeqPreTrainedModel(AttentionBackendHooks, PreTrainedModel):
 
     def __init__(self, config: DynMaskSeq2SeqConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        if config.seq2seq_style == "marian":  # fixed sinusoids: rebuilt at load, never saved (as Marian does)
-            prefix = "" if isinstance(self, DynMaskSeq2SeqModel) else "model."
+        if config.seq2seq_style == "marian":
+            # Marian's sinusoids, as stock Marian handles them: rebuilt when a checkpoint lacks them (loaded when it
+            # has them), and left out of the saved weights by the LM model only (MarianMTModel drops them, MarianModel
+            # writes them), so a trained table is saved or dropped exactly where stock's is.
+            base = isinstance(self, DynMaskSeq2SeqModel)
+            prefix = "" if base else "model."
             positions = [f"{prefix}encoder.embed_positions.weight", f"{prefix}decoder.embed_positions.weight"]
-            self._keys_to_ignore_on_save = positions
+            if not base:
+                self._keys_to_ignore_on_save = positions
             self._keys_to_ignore_on_load_missing = [*(self._keys_to_ignore_on_load_missing or []), *positions]
 
     @torch.no_grad()
@@ -638,6 +646,13 @@ class DynMaskSeq2SeqModel(DynMaskSeq2SeqPreTrainedModel):
     def get_input_embeddings(self):
         return self.shared if self.config.share_encoder_decoder_embeddings else self.encoder.embed_tokens
 
+    def strips_target_padding(self, output_attentions: bool | None = None, cache: Cache | None = None) -> bool:
+        """Whether a padded target's padding is stripped before the decoder: under dynamic masking, unless attention
+        weights are asked for (they keep the padded layout) or a cache is kept (the padded decoder of generation)."""
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        return self.config.masking == "dynamic" and not output_attentions and cache is None
+
     def set_input_embeddings(self, value):
         if self.config.share_encoder_decoder_embeddings:
             self.shared = self.encoder.embed_tokens = self.decoder.embed_tokens = value
@@ -675,7 +690,9 @@ class DynMaskSeq2SeqModel(DynMaskSeq2SeqPreTrainedModel):
             input_ids: source ``(B, T)`` padded or ``(1, N)`` packed; ``attention_mask`` ``(B, T)`` (padded only).
             decoder_input_ids: target inputs ``(B, Tt)`` or ``(1, Nt)`` (the labels shifted right per sequence);
                 ``decoder_attention_mask`` ``(B, Tt)``, 1 at real target tokens: under dynamic masking the decoder
-                skips the rest (without it every target position is computed, as in the stock model).
+                skips the rest. Without it the LM model reads the target's padding from ``labels`` padded with
+                ``-100`` (:func:`~.batch.target_padding_from_labels`); where nothing states it, every target position
+                is computed, as in the stock model.
             encoder_outputs: a previous encoder output for the same source (``generate`` passes it), padded.
             cache: an ``EncoderDecoderCache`` (padded targets only); ``use_cache`` makes one.
             cu_seq_lens_q / cu_seq_lens_k: int32 ``(S + 1,)`` source boundaries of a packed row (equal: they describe
@@ -695,7 +712,7 @@ class DynMaskSeq2SeqModel(DynMaskSeq2SeqPreTrainedModel):
         name = backend_of(config, "seq2seq")
         kernel = "eager" if name == "eager" or output_attentions else "sdpa"
         ratio = 0.0 if kernel == "eager" else config.varlen_bucket_ratio
-        unpad = config.masking == "dynamic" and not output_attentions  # weights keep the padded layout
+        unpad = config.masking == "dynamic" and not output_attentions  # weights keep the padded layout (both sides)
 
         # -- the target side (a padded decoder keeps a cache when asked) ------------------------------------------
         if (decoder_input_ids is None) == (decoder_inputs_embeds is None):
@@ -714,9 +731,12 @@ class DynMaskSeq2SeqModel(DynMaskSeq2SeqPreTrainedModel):
         elif cache is None and use_cache:
             cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
         past = cache.get_seq_length() if cache is not None else 0
+        # The target's padding is stripped where it is known (a decoder_attention_mask, given or read from the labels
+        # by the LM model); without it every position is real and the decoder runs padded, as the stock model does.
+        strip_target = self.strips_target_padding(output_attentions, cache) and decoder_attention_mask is not None
         target = describe_batch(
             tuple(target_ref.shape),
-            rules=batch_rules(config, unpad and cache is None, decoder=True),
+            rules=batch_rules(config, strip_target, decoder=True),
             attention_mask=decoder_attention_mask,
             position_ids=decoder_position_ids,
             cu_seq_lens_q=decoder_cu_seq_lens,
@@ -905,7 +925,10 @@ class DynMaskSeq2SeqForConditionalGeneration(DynMaskSeq2SeqPreTrainedModel, Gene
         **kwargs: Any,
     ) -> Seq2SeqLMOutput:
         r"""The arguments of [`DynMaskSeq2SeqModel.forward`], plus ``labels`` (``(B, Tt)`` padded with ``-100``, or
-        ``(1, Nt)`` packed): without ``decoder_input_ids`` they are shifted right per target to make them."""
+        ``(1, Nt)`` packed): without ``decoder_input_ids`` they are shifted right per target to make them. Without a
+        ``decoder_attention_mask`` (transformers' ``DataCollatorForSeq2Seq`` sends none), dynamic masking strips each
+        row's tail of ``-100`` labels from the decoder (:func:`~.batch.target_padding_from_labels`): the loss and its
+        gradients are unchanged, the logits there are zeros."""
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if labels is not None:
             use_cache = False
@@ -916,6 +939,14 @@ class DynMaskSeq2SeqForConditionalGeneration(DynMaskSeq2SeqPreTrainedModel, Gene
                 decoder_input_ids = shift_tokens_right(
                     labels, self.config.pad_token_id, self.config.decoder_start_token_id, target_cu
                 )
+            given_cache = cache if cache is not None else kwargs.get("past_key_values")
+            if decoder_attention_mask is None and self.model.strips_target_padding(output_attentions, given_cache):
+                target = decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
+                decoder_attention_mask = target_padding_from_labels(
+                    labels,
+                    tuple(target.shape[:2]),
+                    packed=decoder_cu_seq_lens is not None or decoder_seq_idx is not None,
+                )  # DataCollatorForSeq2Seq's labels: the tail of -100 of each row is padding
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,

@@ -157,7 +157,10 @@ def save_with_code(
         model: a DynMask model (``DynMaskModel`` or one of its heads).
         save_directory: a folder, created if needed (not a file). Only the shipped code files are checked and only
             earlier weight files are removed: other files already in the folder are left alone, whatever they hold.
-        tokenizer: optional tokenizer (or processor) saved in the same folder, so one path loads both.
+        tokenizer: optional tokenizer (or processor) saved in the same folder, so one path loads both. Where
+            hf_dynmask is not installed, ``AutoTokenizer.from_pretrained(folder, trust_remote_code=True)`` (or
+            ``False``) loads it: transformers' ``AutoTokenizer`` reads the folder's ``config.json`` first and, without
+            the flag, asks whether to run the config's code.
         save_kwargs: passed to ``save_pretrained`` (``max_shard_size``, ``is_main_process``, ``state_dict``...);
             not ``push_to_hub`` (use :func:`push_to_hub_with_code`, which uploads the same folder).
     """

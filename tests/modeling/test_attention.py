@@ -120,10 +120,32 @@ def test_cross_attention_never_reaches_another_pair():
 def test_plan_groups_exact():
     plan = plan_varlen(cu_seqlens_from_seq_lens([3, 10, 2, 9]), bucket_ratio=0.6)
     assert [(g.num_seqs, g.q_len, g.k_len) for g in plan.groups] == [(2, 10, 10), (2, 3, 3)]
-    # Outputs come group by group (sequences 1 and 3, then 0 and 2); inverse puts token t back at position t.
-    assert plan.inverse.tolist() == [19, 20, 21, *range(0, 10), 22, 23, *range(10, 19)]
+    # One gather for every block: sequences 1 and 3 padded to 10 (padding slots repeat the first token), then 0 and 2
+    # padded to 3; out_index puts token t back at position t from the concatenated blocks.
+    assert plan.q_index.tolist() == [*range(3, 13), *range(15, 24), 15, 0, 1, 2, 13, 14, 13]
+    assert plan.k_index is plan.q_index
+    assert plan.out_index.tolist() == [20, 21, 22, *range(0, 10), 23, 24, *range(10, 19)]
     single = plan_varlen(cu_seqlens_from_seq_lens([3, 10, 2, 9]), bucket_ratio=0.0)
     assert [(g.num_seqs, g.q_len) for g in single.groups] == [(4, 10)]
+
+
+@pytest.mark.parametrize("max_groups", [1, 2, 3, None])
+def test_groups_are_bounded_and_merged_where_they_waste_least(max_groups):
+    lens = [40, 38, 20, 19, 18, 5, 4, 1]
+    plan = plan_varlen(cu_seqlens_from_seq_lens(lens), bucket_ratio=0.9, max_groups=max_groups)
+    unbounded = plan_varlen(cu_seqlens_from_seq_lens(lens), bucket_ratio=0.9, max_groups=None)
+    assert len(plan.groups) == (len(unbounded.groups) if max_groups is None else min(max_groups, 5))
+    assert sum(g.num_seqs for g in plan.groups) == len(lens)
+    if max_groups == 2:  # the cheapest merge keeps the two long ones apart from the rest
+        assert [(g.num_seqs, g.q_len) for g in plan.groups] == [(2, 40), (6, 20)]
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(sum(lens), 2, 4, generator=generator) for _ in range(3))
+    torch.testing.assert_close(
+        varlen_attention(q, k, v, plan, scaling=0.5),
+        varlen_attention(q, k, v, unbounded, scaling=0.5),
+        atol=ATOL,
+        rtol=0,
+    )
 
 
 @pytest.mark.parametrize(

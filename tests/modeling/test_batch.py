@@ -18,6 +18,7 @@ from transformers import AutoModel, BertConfig
 import hf_dynmask  # noqa: F401  (registers dynmask_varlen)
 from hf_dynmask import DynMaskConfig, DynMaskModel
 from hf_dynmask.modeling import DynMaskSeq2SeqConfig, DynMaskSeq2SeqModel
+from hf_dynmask.modeling.batch import target_padding_from_labels
 from hf_dynmask.modeling.layout import cu_seqlens_from_seq_lens, position_ids_from_cu_seqlens
 
 ATOL = 1e-5
@@ -348,3 +349,21 @@ def test_describing_a_batch_never_changes_it():
     for key, value in batch.items():
         assert torch.equal(value, before[key]) and value.dtype == before[key].dtype, key
         assert not [name for name in vars(value) if "dynmask" in name], key  # nothing cached on the caller's tensors
+
+
+def test_target_padding_is_read_from_labels_only_where_nothing_else_states_it():
+    """The tail of -100 labels is a target's padding; other -100 labels stay; where the padding cannot be known from
+    the labels (no labels, a mask given, a packed target, a cache, labels of another shape) the answer is None."""
+    labels = torch.tensor([[5, 6, -100, -100], [-100, 7, -100, 9], [-100, -100, -100, -100], [1, 2, 3, 4]])
+    assert target_padding_from_labels(labels, (4, 4)).tolist() == [
+        [1, 1, 0, 0],
+        [1, 1, 1, 1],
+        [1, 0, 0, 0],  # no scored label: the first position keeps the row
+        [1, 1, 1, 1],
+    ]
+    assert target_padding_from_labels(None, (4, 4)) is None
+    assert target_padding_from_labels(labels, (4, 4), attention_mask=torch.ones(4, 4)) is None
+    assert target_padding_from_labels(labels, (4, 4), packed=True) is None
+    assert target_padding_from_labels(labels, (4, 4), past=3) is None
+    assert target_padding_from_labels(labels, (4, 5)) is None
+    assert target_padding_from_labels(labels, (4, 4), ignore_index=1).tolist()[0] == [1, 1, 1, 1]

@@ -22,6 +22,7 @@ from transformers import (
     BertModel,
     RobertaConfig,
     RobertaForMaskedLM,
+    RobertaForQuestionAnswering,
     RobertaModel,
 )
 
@@ -270,6 +271,119 @@ def test_qa_loss_does_not_change_with_padding_length():
         with torch.no_grad():
             losses.append(model(**inputs, **head_labels("question-answering", seqs, "static", inputs)).loss)
     torch.testing.assert_close(losses[0], losses[1], atol=1e-6, rtol=0)
+
+
+# -- question answering: padding left out of the softmax (default) or scored as stock ---------------------------------
+
+QA_STOCK = {"bert": BertForQuestionAnswering, "roberta": RobertaForQuestionAnswering}
+
+
+@pytest.fixture(scope="module")
+def qa_checkpoints(tmp_path_factory):
+    """A stock BERT and a stock RoBERTa question-answering model, saved as checkpoints."""
+    root = tmp_path_factory.mktemp("qa")
+    for style, stock_class in QA_STOCK.items():
+        torch.manual_seed({"bert": 40, "roberta": 41}[style])
+        config = tiny_bert_config(num_labels=2)
+        if style == "roberta":
+            config = RobertaConfig(**{**config.to_dict(), "pad_token_id": 1, "type_vocab_size": 1})
+        stock_class(config).save_pretrained(root / style)
+    return root
+
+
+def qa_models(root, style: str, attn: str = "sdpa", **options):
+    stock = QA_STOCK[style].from_pretrained(root / style, attn_implementation=attn).eval()
+    config = DynMaskConfig.from_pretrained(root / style, **options)
+    model = DynMaskForQuestionAnswering.from_pretrained(root / style, config=config, attn_implementation=attn)
+    return stock, model.eval()
+
+
+def qa_batch(style: str, static_len: int | None, padding_side: str = "right", seed: int = 42):
+    """Padded rows as a tokenizer gives them (pad ids at padding), answer spans on real tokens."""
+    seqs = sequences(LENS, seed=seed)
+    pad_id = 1 if style == "roberta" else 0
+    inputs = model_inputs(seqs, "static", padding_side, static_len=static_len, pad_id=pad_id)
+    return inputs, head_labels("question-answering", seqs, "static", inputs)
+
+
+def stock_loss(start_logits, end_logits, spans) -> torch.Tensor:
+    """transformers' question-answering loss (BertForQuestionAnswering's, written out)."""
+    ignored = start_logits.shape[1]
+    loss = torch.nn.CrossEntropyLoss(ignore_index=ignored)
+    start, end = spans["start_positions"].clamp(0, ignored), spans["end_positions"].clamp(0, ignored)
+    return (loss(start_logits, start) + loss(end_logits, end)) / 2
+
+
+@pytest.mark.parametrize("embeds", [False, True], ids=["input_ids", "inputs_embeds"])
+@pytest.mark.parametrize("static_len", [None, 30], ids=["longest", "padded_to_30"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("style", ["bert", "roberta"])
+def test_qa_padding_scored_gives_the_stock_loss(qa_checkpoints, style, attn, static_len, embeds):
+    """Same weights, same padded batch: with qa_padding="scored" (static masking) the loss, the logits at every
+    position (padding included) and the gradients are stock BertForQuestionAnswering's / RobertaFor...'s."""
+    stock, model = qa_models(qa_checkpoints, style, attn, masking="static", qa_padding="scored")
+    inputs, spans = qa_batch(style, static_len)
+    if embeds:
+        inputs = {
+            "inputs_embeds": stock.get_input_embeddings()(inputs["input_ids"]).detach(),
+            "attention_mask": inputs["attention_mask"],
+        }
+    expected, output = stock(**inputs, **spans), model(**inputs, **spans)
+    torch.testing.assert_close(output.loss, expected.loss, atol=1e-6, rtol=0)
+    torch.testing.assert_close(output.start_logits, expected.start_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(output.end_logits, expected.end_logits, atol=1e-5, rtol=0)
+    expected.loss.backward()
+    output.loss.backward()
+    stock_grads = {name.replace("roberta.", "bert.", 1): p.grad for name, p in stock.named_parameters()}
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, stock_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_qa_padding_scored_follows_stock_roberta_on_left_padding(qa_checkpoints):
+    """Stock RoBERTa numbers each sequence's tokens itself (padding at padding_idx), on either side."""
+    stock, model = qa_models(qa_checkpoints, "roberta", masking="static", qa_padding="scored")
+    inputs, spans = qa_batch("roberta", 30, padding_side="left")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs, **spans).loss, stock(**inputs, **spans).loss, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("masking", ["static", "dynamic"])
+@pytest.mark.parametrize("style", ["bert", "roberta"])
+def test_qa_padding_masked_is_stock_with_the_padding_masked_by_hand(qa_checkpoints, style, masking):
+    """The default: stock's logits at real tokens, finfo.min at padding, and so stock's loss with padding masked out
+    by hand, however long the padding (where stock's own loss moves with it)."""
+    stock, model = qa_models(qa_checkpoints, style, masking=masking)
+    assert model.config.qa_padding == "masked"
+    stock_losses = []
+    for static_len in (None, 30):
+        inputs, spans = qa_batch(style, static_len)
+        with torch.no_grad():
+            expected, output = stock(**inputs, **spans), model(**inputs, **spans)
+        padding = inputs["attention_mask"] == 0
+        by_hand = [logits.masked_fill(padding, torch.finfo(logits.dtype).min) for logits in expected[1:3]]
+        torch.testing.assert_close(output.loss, stock_loss(*by_hand, spans), atol=1e-6, rtol=0)
+        torch.testing.assert_close(output.start_logits, by_hand[0], atol=1e-5, rtol=0)
+        stock_losses.append(expected.loss)
+    assert abs(stock_losses[0] - stock_losses[1]) > 1e-4  # stock's loss moves with the padding; DynMask's does not
+
+
+def test_qa_padding_scored_is_refused_where_it_cannot_be_exact(qa_checkpoints):
+    with pytest.raises(ValueError, match="qa_padding must be one of .*did you mean 'scored'"):
+        DynMaskConfig(qa_padding="score")
+    with pytest.raises(ValueError, match="masking='dynamic' never computes padding: use masking='static'"):
+        DynMaskConfig(qa_padding="scored")  # dynamic is the default masking
+    with pytest.raises(ValueError, match="is_decoder=True"):
+        DynMaskConfig(qa_padding="scored", masking="static", is_decoder=True)
+    _, model = qa_models(qa_checkpoints, "bert", masking="static", qa_padding="scored")
+    inputs, spans = qa_batch("bert", None)
+    with pytest.raises(ValueError, match="pad on the right .*or pass position_ids"):
+        model(**qa_batch("bert", 30, padding_side="left")[0])
+    seqs = sequences(LENS, seed=42)
+    with pytest.raises(ValueError, match="a packed batch has no padding to score"):
+        model(**model_inputs(seqs, "packed"))
+    model.config.masking = "dynamic"  # changed after the config was made: refused at the forward
+    with pytest.raises(ValueError, match="use masking='static' with it, or qa_padding='masked'"):
+        model(**inputs, **spans)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -13,14 +13,20 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForSeq2SeqLM,
     BartConfig,
     BartForConditionalGeneration,
+    DataCollatorForSeq2Seq,
     MarianConfig,
     MarianMTModel,
+    PreTrainedTokenizerFast,
     T5Config,
 )
 from transformers.testing_utils import CaptureLogger
@@ -169,7 +175,8 @@ def test_logits_and_loss_match_each_pair_alone(checkpoints, kind, attn, layout, 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradients_match_each_pair_alone(checkpoints, kind, layout):
-    stock = copy.deepcopy(checkpoints.models[kind])
+    # Loaded as the DynMask model is: transformers then trains Marian's sinusoidal tables in both.
+    stock = type(checkpoints.models[kind]).from_pretrained(checkpoints.root / kind)
     pairs = pair_tokens(kind, seed=1)
     _, expected_loss = reference(stock, pairs)
     expected_loss.backward()
@@ -178,9 +185,7 @@ def test_gradients_match_each_pair_alone(checkpoints, kind, layout):
     stock_params = dict(stock.named_parameters())
     checked = 0
     for name, param in model.named_parameters():
-        if param.grad is None:
-            assert not param.requires_grad, name  # Marian's fixed sinusoids
-            continue
+        assert param.grad is not None, name
         # Summed over every token: fp32 summation order differs, so the tolerance is relative too.
         torch.testing.assert_close(param.grad, stock_params[name].grad, atol=ATOL, rtol=1e-4, msg=name)
         checked += 1
@@ -362,6 +367,182 @@ def test_marian_sinusoids_are_marians():
     reference_positions = stock.model.encoder.embed_positions
     reference_positions.weight.data = torch.empty(40, 31)
     assert torch.equal(positions.create_weight(), reference_positions.create_weight())
+
+
+# -- transformers' DataCollatorForSeq2Seq: labels padded with -100, no decoder_attention_mask -------------------------
+
+
+def stock_collator(model, padding_side: str = "right", with_model: bool = True) -> DataCollatorForSeq2Seq:
+    """transformers' collator as run_translation.py builds it (given the model, it adds ``decoder_input_ids``), over
+    a word-level tokenizer whose token ``i`` is id ``i``."""
+    vocab = {f"t{i}": i for i in range(VOCAB)}
+    backend = Tokenizer(WordLevel(vocab, unk_token="t3"))
+    backend.pre_tokenizer = WhitespaceSplit()
+    pad = f"t{model.config.pad_token_id}"
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=pad, padding_side=padding_side)
+    return DataCollatorForSeq2Seq(tokenizer, model=model if with_model else None, label_pad_token_id=-100)
+
+
+def stock_features(pairs) -> list[dict]:
+    return [{"input_ids": s, "attention_mask": [1] * len(s), "labels": t} for s, t in pairs]
+
+
+class DecoderRows:
+    """Counts the target positions the decoder's first layer computes (rows of its input)."""
+
+    def __init__(self, model):
+        self.rows = []
+        model.model.decoder.layers[0].register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        hidden = args[0]
+        self.rows.append(hidden.shape[:-1].numel())
+
+
+@pytest.mark.parametrize("with_model", [True, False], ids=["decoder_input_ids", "labels_only"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_seq2seq_collator_batches_skip_the_target_padding_with_the_stock_loss(checkpoints, kind, with_model):
+    """The tail of -100 labels of each row is left out of the decoder (the rows it computes are each target's
+    length); the loss, every gradient and the logits at scored positions equal stock's on the same batch."""
+    path = checkpoints.root / kind
+    stock = type(checkpoints.models[kind]).from_pretrained(path).train()
+    model = dynmask_from(checkpoints, kind).train()
+    pairs = pair_tokens(kind, [(5, 4), (17, 2), (1, 9), (9, 1), (3, 7)], seed=30)
+    batch = stock_collator(stock, with_model=with_model)(stock_features(pairs))
+    assert "decoder_attention_mask" not in batch and ("decoder_input_ids" in batch) == with_model
+    rows = DecoderRows(model)
+    expected, output = stock(**batch), model(**batch)
+    assert rows.rows == [sum(len(target) for _, target in pairs)]  # 23 of 5 x 9 positions
+    torch.testing.assert_close(output.loss, expected.loss, atol=ATOL, rtol=0)
+    scored = batch["labels"] != -100
+    torch.testing.assert_close(output.logits[scored], expected.logits[scored], atol=ATOL, rtol=0)
+    assert not output.logits[~scored].any()  # zeros at the stripped positions
+    expected.loss.backward()
+    output.loss.backward()
+    stock_params = dict(stock.named_parameters())
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, stock_params[name].grad, atol=ATOL, rtol=1e-4, msg=name)
+
+
+def test_left_padded_labels_are_computed_whole(checkpoints):
+    """-100 labels before the last scored one stay (later positions attend to them): a left-padded target is run
+    whole, as stock runs it, with stock's loss. (Sources of one length: stock numbers a left-padded source's columns,
+    DynMask each sequence's own positions.)"""
+    stock = MarianMTModel.from_pretrained(checkpoints.root / "marian").eval()
+    model = dynmask_from(checkpoints, "marian")
+    pairs = pair_tokens("marian", [(6, 4), (6, 2), (6, 9), (6, 1)], seed=31)
+    batch = stock_collator(stock, padding_side="left")(stock_features(pairs))
+    rows = DecoderRows(model)
+    with torch.no_grad():
+        expected, output = stock(**batch), model(**batch)
+    assert rows.rows == [batch["labels"].numel()]
+    torch.testing.assert_close(output.loss, expected.loss, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("masking", ["dynamic", "static"])
+def test_without_labels_or_a_mask_the_target_runs_padded_as_stock(checkpoints, masking):
+    """Nothing states the target's padding: every position is computed, padded as the stock model runs it (no
+    unpadding of a full target), with stock's logits everywhere."""
+    stock = BartForConditionalGeneration.from_pretrained(checkpoints.root / "bart").eval()
+    model = dynmask_from(checkpoints, "bart", masking)
+    batch = stock_collator(stock)(stock_features(pair_tokens("bart", seed=32)))
+    del batch["labels"]
+    rows = DecoderRows(model)
+    with torch.no_grad():
+        expected, output = stock(**batch), model(**batch)
+    assert rows.rows == [batch["decoder_input_ids"].numel()]
+    torch.testing.assert_close(output.logits, expected.logits, atol=ATOL, rtol=0)
+
+
+def test_static_masking_keeps_computing_every_target_position(checkpoints):
+    stock = BartForConditionalGeneration.from_pretrained(checkpoints.root / "bart").eval()
+    model = dynmask_from(checkpoints, "bart", "static")
+    batch = stock_collator(stock)(stock_features(pair_tokens("bart", seed=33)))
+    with torch.no_grad():
+        expected, output = stock(**batch), model(**batch)
+    torch.testing.assert_close(output.logits, expected.logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(output.loss, expected.loss, atol=ATOL, rtol=0)
+
+
+# -- training what stock trains, saving what stock saves --------------------------------------------------------------
+
+MARIAN_POSITIONS = ("model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight")
+
+
+def _trainable(model) -> set[str]:
+    return {name for name, param in model.named_parameters() if param.requires_grad}
+
+
+def _saved_keys(folder) -> set[str]:
+    return set(load_file(folder / "model.safetensors"))
+
+
+def test_marian_position_tables_are_parameters_frozen_until_loaded(checkpoints):
+    """As transformers' MarianSinusoidalPositionalEmbedding: built from a config, frozen; from_pretrained makes every
+    floating-point parameter trainable, the sinusoids included."""
+    stock_config = checkpoints.models["marian"].config
+    built = DynMaskSeq2SeqForConditionalGeneration(DynMaskSeq2SeqConfig.from_pretrained(checkpoints.root / "marian"))
+    assert _trainable(built) == _trainable(MarianMTModel(stock_config))
+    assert not set(MARIAN_POSITIONS) & _trainable(built)
+    stock = MarianMTModel.from_pretrained(checkpoints.root / "marian")
+    loaded = dynmask_from(checkpoints, "marian")
+    assert set(MARIAN_POSITIONS) <= _trainable(stock) and _trainable(loaded) == _trainable(stock)
+    for name in MARIAN_POSITIONS:
+        assert torch.equal(loaded.get_parameter(name), stock.get_parameter(name)), name
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("kind", ["marian", "marian_unshared"])
+def test_marian_trains_and_saves_the_parameters_stock_marian_does(checkpoints, tmp_path, kind, optimizer):
+    """Three steps from the same checkpoint on the same padded batches (dropout 0): every parameter, the trained
+    sinusoidal tables included, equals stock's; the LM model's save drops the tables as stock's does, the base
+    model's keeps them, and each family loads the other's folder into the same weights."""
+    path = checkpoints.root / kind
+    stock = MarianMTModel.from_pretrained(path).train()
+    model = dynmask_from(checkpoints, kind).train()
+    make = {
+        "sgd": lambda params: torch.optim.SGD(params, lr=0.5),
+        "adamw": lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1),
+    }[optimizer]
+    optimizers = [(stock, make(stock.parameters())), (model, make(model.parameters()))]
+    initial = {name: stock.get_parameter(name).detach().clone() for name in MARIAN_POSITIONS}
+    for step in range(3):
+        batch = collate(model, pair_tokens(kind, seed=20 + step), "dynamic")  # right padding, labels -100
+        for net, opt in optimizers:
+            opt.zero_grad()
+            net(**batch).loss.backward()
+            opt.step()
+    stock_params = dict(stock.named_parameters())
+    assert set(dict(model.named_parameters())) == set(stock_params)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param, stock_params[name], atol=1e-6, rtol=0, msg=name)
+    for name in MARIAN_POSITIONS:
+        assert not torch.equal(stock.get_parameter(name), initial[name]), name  # stock trained them
+
+    stock.save_pretrained(tmp_path / "stock")
+    model.save_pretrained(tmp_path / "dynmask")
+    assert _saved_keys(tmp_path / "dynmask") == _saved_keys(tmp_path / "stock")
+    assert not set(MARIAN_POSITIONS) & _saved_keys(tmp_path / "stock")
+    stock.model.save_pretrained(tmp_path / "stock_base")
+    model.model.save_pretrained(tmp_path / "dynmask_base")
+    assert _saved_keys(tmp_path / "dynmask_base") == _saved_keys(tmp_path / "stock_base")
+    assert {name.removeprefix("model.") for name in MARIAN_POSITIONS} <= _saved_keys(tmp_path / "stock_base")
+
+    reloaded = {
+        "stock from stock": MarianMTModel.from_pretrained(tmp_path / "stock"),
+        "stock from dynmask": MarianMTModel.from_pretrained(tmp_path / "dynmask", config=stock.config),
+        "dynmask from dynmask": DynMaskSeq2SeqForConditionalGeneration.from_pretrained(tmp_path / "dynmask"),
+        "dynmask from stock": dynmask_from(SimpleNamespace(root=tmp_path), "stock"),
+    }
+    expected = reloaded["stock from stock"].state_dict()
+    for label, other in reloaded.items():
+        assert _trainable(other) == _trainable(stock), label
+        for name, tensor in other.state_dict().items():
+            torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=0, msg=f"{label}: {name}")
+    base = DynMaskSeq2SeqModel.from_pretrained(tmp_path / "dynmask_base")
+    for name in MARIAN_POSITIONS:  # the base model's save keeps the trained tables, as stock MarianModel's does
+        short = name.removeprefix("model.")
+        torch.testing.assert_close(base.get_parameter(short), stock.get_parameter(name), atol=1e-6, rtol=0)
 
 
 def test_auto_classes_and_save_round_trip(checkpoints, tmp_path):

@@ -155,7 +155,7 @@ def test_card_shows_the_measured_numbers_and_how_to_load():
         "on banking77 with `hf_dynmask`: dynamic padding and sequence packing whose outputs and losses equal those "
         "of a padded batch.",
         "from transformers import AutoTokenizer, AutoModelForSequenceClassification",
-        'tokenizer = AutoTokenizer.from_pretrained("user/minilm-banking77")',
+        'tokenizer = AutoTokenizer.from_pretrained("user/minilm-banking77", trust_remote_code=True)',
         'model = AutoModelForSequenceClassification.from_pretrained("user/minilm-banking77", trust_remote_code=True)',
         "| Task | `sequence-classification` |",
         "| Base checkpoint | `sentence-transformers/all-MiniLM-L6-v2` |",

@@ -1,0 +1,51 @@
+"""The benchmark scripts of issue 22 at tiny sizes, on the CPU: they run, and what they compare agrees. Nothing is
+timed (their figures are committed under benchmarks/results and discussed in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not (DATA / "scitldr_a").exists(), reason="needs ../shared/data/scitldr_a")
+def test_gpu_check_benchmark_runs_on_cpu_and_its_methods_agree():
+    report = load("gpu_check").run_benchmark(DATA, steps=2, rounds=1, row_tokens=256, device_name="cpu", hidden=32,
+                                             layers=1)  # fmt: skip
+    results = report["results"]
+    assert set(results) == {"dynmask_varlen[sdpa groups]", "hf_grouped[sdpa]"}  # the CUDA-only methods are left out
+    losses = [row["mean_loss"] for row in results.values()]
+    assert max(losses) - min(losses) < 1e-5
+
+
+@pytest.mark.skipif(not (DATA / "banking77").exists(), reason="needs ../shared/data/banking77")
+def test_attention_calls_runs_and_counts(tmp_path):
+    import json
+
+    out = tmp_path / "calls.json"
+    code = load("attention_calls").main(
+        ["--datasets", "banking77", "--limit", "200", "--batch-size", "8", "--batches", "1", "--rounds", "1",
+         "--json", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    results = report["datasets"]["banking77"]["results"]
+    assert {"dynmask_packed[1]", "dynmask_packed[2]", "dynmask_packed[none]", "hf_grouped"} <= set(results)
+    # One length group makes the fewest operators; the bound never adds any.
+    assert results["dynmask_packed[1]"]["aten_ops_per_step"] <= results["dynmask_packed[2]"]["aten_ops_per_step"]
+    assert results["dynmask_packed[2]"]["aten_ops_per_step"] <= results["dynmask_packed[none]"]["aten_ops_per_step"]
+    assert report["settings"]["data_dir"] == "../shared/data"
