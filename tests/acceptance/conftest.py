@@ -124,9 +124,14 @@ def mlm_runs(scripts, bert_folders, tmp_path_factory) -> Runs:
 
 @pytest.fixture(scope="session")
 def qa_runs(scripts, bert_folders, tmp_path_factory) -> Runs:
-    """Both paddings, plus a stock run whose loss leaves padding out of the softmax (``"stock-padding-left-out"``)."""
+    """Both paddings, plus a stock run whose loss leaves padding out of the softmax (``"stock-padding-left-out"``)
+    and a run of the folder saved for stock parity (``"dynmask-stock-parity"``: ``qa_padding="scored"``, static
+    masking)."""
     with one_torch_thread():
         root = tmp_path_factory.mktemp("qa")
+        parity = scripts.model_folders(
+            "bert", root / "parity", scripts.minilm_tokenizer(), dynmask_options=QA_STOCK_PARITY
+        )
         variants = {"max-length": dict(pad_to_max_length=True), "per-batch": dict(pad_to_max_length=False)}
         pairs = _pairs(scripts, scripts.run_qa, bert_folders, root, variants, steps=4)
         for variant, options in variants.items():
@@ -137,29 +142,30 @@ def qa_runs(scripts, bert_folders, tmp_path_factory) -> Runs:
                 scripts.Training(4),
                 trainer_class=scripts.PaddingLeftOutTrainer,
             )
+            prepared = scripts.run_qa(parity.dynmask, **options)
+            pairs.runs[variant, "dynmask-stock-parity"] = scripts.train_and_evaluate(
+                prepared, root / f"{variant}-parity", scripts.Training(4)
+            )
         return pairs
+
+
+#: The DynMask QA head's stock-parity settings: padding computed (static masking) and scored, as stock BERT does.
+QA_STOCK_PARITY = {"masking": "static", "qa_padding": "scored"}
 
 
 @pytest.fixture(scope="session")
 def translation_runs(scripts, tmp_path_factory) -> Runs:
-    """Marian and BART with DataCollatorForSeq2Seq, BART with --pad_to_max_length, and stock Marian with its position
-    tables frozen (``("marian", "stock-frozen-positions")``)."""
+    """Marian and BART with DataCollatorForSeq2Seq, and BART with --pad_to_max_length (default_data_collator)."""
     with one_torch_thread():
         root = tmp_path_factory.mktemp("translation")
-        tokenizer = scripts.trained_tokenizer(
-            _texts(scripts, "ntrex_en_de", ("source", "target"), 400), vocab_size=1000
-        )
+        texts = _texts(scripts, "ntrex_en_de", ("source", "target"), 400)
+        tokenizer = scripts.trained_tokenizer(texts, vocab_size=1000)
         folders = {family: scripts.model_folders(family, root / family, tokenizer) for family in ("marian", "bart")}
         pairs = Runs(3, {})
         for variant, options in {"marian": {}, "bart": {}, "bart-max-length": dict(pad_to_max_length=True)}.items():
             family = variant.split("-")[0]
             found = _pairs(scripts, scripts.run_translation, folders[family], root, {variant: options}, steps=3)
             pairs.runs.update(found.runs)
-        prepared = scripts.run_translation(folders["marian"]["stock"])
-        scripts.freeze_position_tables(prepared.model)
-        pairs.runs["marian", "stock-frozen-positions"] = scripts.train_and_evaluate(
-            prepared, root / "marian-frozen", scripts.Training(3)
-        )
         return pairs
 
 

@@ -4,13 +4,15 @@ One fresh Python, in which ``import hf_dynmask`` fails (``tests/conftest.py``'s 
 DynMask run's folder as a user without the plugin does: the script's Auto class and ``AutoTokenizer`` with
 ``trust_remote_code=True``. On a batch of the script's own collator (a padded batch for TRL's, whose packs the
 reloaded ``sdpa`` model is not asked to take) it gives the trained model's outputs, generates its tokens (seq2seq),
-and its tokenizer tokenizes as the run's. One process for all of them: starting one that imports transformers costs
+and its tokenizer loads without a prompt (``trust_remote_code`` True or False) and tokenizes as the run's. One
+process for all of them: starting one that imports transformers costs
 more than the checks it runs.
 """
 
 from __future__ import annotations
 
 import pytest
+import transformers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,6 +46,9 @@ RELOADS = {
     "sft-packing": ("sft_runs", "packing"),
     "sft-padding-free": ("sft_runs", "padding_free"),
 }
+#: Runs whose saved folder leaves out what training changed, as stock's does: Marian's LM model does not save its
+#: (trained) sinusoidal position tables, so a reloaded model has them back at the sinusoids.
+SAVES_LEAVE_OUT_TRAINED = {"translation-marian"}
 TEXTS = {
     "sms": ["Ok lar... Joking wif u oni...", "WINNER!! You have been selected to receive a prize."],
     "wnut": ["@paulwalk It 's the view from where I 'm living", "Empire State Building = ESB"],
@@ -88,16 +93,17 @@ def test_saved_folder_loads_and_predicts_without_the_plugin(request, scripts, re
     assert child["dynmask_modules"] == []
     _, loaded_class, texts = SCRIPTS[RELOADS[name][0]]
     assert child[name]["class"].endswith(loaded_class)
-    reference = scripts.reference_outputs(run, items[name])
+    saved = None
+    if name in SAVES_LEAVE_OUT_TRAINED:  # the reference is the saved folder loaded here, with hf_dynmask
+        saved = getattr(transformers, SCRIPTS[RELOADS[name][0]][0]).from_pretrained(run.saved)
+    reference = scripts.reference_outputs(run, items[name], saved)
     scripts.assert_reloaded(child[name], reference, run.prepared.tokenizer, TEXTS[texts])
 
 
 def test_a_folder_naming_dynmask_varlen_needs_the_plugin(reloaded):
     """run_clm's input folder names the backend in its config: without hf_dynmask imported it does not load (as
-    expected: the backend is hf_dynmask's). The trained folder does (``save_pretrained`` drops the name)."""
+    expected: the backend is hf_dynmask's; ``test_clm.py`` runs the script through ``python -m hf_dynmask.run``). The
+    trained folder does (``save_pretrained`` does not write the name back)."""
     _, child = reloaded
     assert child["clm"]["attn_implementation"] == "sdpa"
-    assert "dynmask_varlen" in child["clm"]["plain_load"]
-    # issue23-fixes: (e) once the launcher lands, also run a stock script (its AutoModelForCausalLM.from_pretrained
-    # of this folder, no `import hf_dynmask` in it) through `python -m hf_dynmask.run <script> ...` in a subprocess,
-    # and assert that it loads on dynmask_varlen and trains as test_clm.py's run.
+    assert "dynmask_varlen" in child["clm"]["plain_load"] and "is not supported" in child["clm"]["plain_load"]
