@@ -131,7 +131,8 @@ class BatchRules:
             False (stock models, which number a row as one sequence) a packed row needs ``position_ids``.
         given_positions: ``"used"``: the ``position_ids`` of rows are used as given; ``"checked"``: they must equal
             each sequence's own positions at real tokens (the seq2seq family numbers positions itself).
-        unpad: run padded rows packed (``"unpadded"``: DynMask's dynamic masking).
+        unpad: run padded rows packed (``"unpadded"``: DynMask's dynamic masking); rows without padding run as they
+            are (``"padded"`` with no padding: there is nothing to strip, and gathering every token would only copy).
         padding_positions: the positions of padding tokens in rows the model numbers itself and runs padded. None:
             any (nothing reads a padding position's output). Where a head reads them (stock BERT's question-answering
             softmax scores padding), the stock models' numbering: ``"column"``, padding at ``position_start`` plus its
@@ -504,7 +505,7 @@ def _describe_rows(shape, rules: BatchRules, attention_mask, position_ids, past,
         _check_position_range(rules, lowest, highest, longest)
     if not padded:
         real = None
-    if rules.unpad and not past:
+    if rules.unpad and not past and padded:  # rows without padding have nothing to strip: they run as they are
         index = unpad_index(real if real is not None else torch.ones(shape, dtype=torch.bool, device=device))
         if position_ids is None:
             packed_positions = position_ids_from_cu_seqlens(index.cu_seqlens, start)
