@@ -96,6 +96,7 @@ __all__ = [
     "refuse_unknown_arguments",
     "require_integer",
     "require_tensor",
+    "rows_as_packed",
     "target_padding_from_labels",
 ]
 
@@ -574,6 +575,23 @@ def _describe_flattened(shape, rules: BatchRules, position_ids, extra) -> BatchL
     lens = [end - begin for begin, end in zip(bounds[:-1], bounds[1:], strict=True)]
     _check_position_range(rules, start, start + max(lens) - 1, max(lens))
     return BatchLayout("packed", rows, length, cu, max(lens), flat, None, boundaries="position_ids", values=extra)
+
+
+def rows_as_packed(layout: BatchLayout) -> BatchLayout:
+    """Rows without padding as the packed batch they are: ``B`` sequences of ``T`` tokens, back to back (for a
+    cross-attention whose other side runs packed).
+
+    >>> rows = describe_batch((2, 3), rules=BatchRules())
+    >>> rows_as_packed(rows).cu_seqlens.tolist()
+    [0, 3, 6]
+    """
+    if layout.kind != "padded" or layout.real is not None or layout.past:
+        raise ValueError("only rows without padding or a cache are a packed batch as they are")
+    rows, length = layout.batch_size, layout.seqlen
+    device = None if layout.position_ids is None else layout.position_ids.device
+    cu = torch.arange(0, (rows + 1) * length, length, dtype=torch.int32, device=device)
+    positions = None if layout.position_ids is None else layout.position_ids.reshape(-1)
+    return BatchLayout("packed", rows, length, cu, length, positions, None, boundaries="stated", values=layout.values)
 
 
 def check_pairs(source: BatchLayout, target: BatchLayout) -> None:

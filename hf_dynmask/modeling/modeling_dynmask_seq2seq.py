@@ -62,6 +62,7 @@ from .batch import (
     check_pairs,
     describe_batch,
     refuse_unknown_arguments,
+    rows_as_packed,
     target_padding_from_labels,
 )
 from .configuration_dynmask_seq2seq import DynMaskSeq2SeqConfig
@@ -781,12 +782,15 @@ class DynMaskSeq2SeqModel(DynMaskSeq2SeqPreTrainedModel):
 
         # -- both sides alike: packed with packed, a padded decoder reading the padded encoder output ----------------
         check_pairs(source, target)
-        if source.runs_packed and not target.runs_packed:  # dynamic encoder, cached decoder
+        if source.runs_packed and not target.runs_packed:  # dynamic encoder, cached (or unpadded) decoder
             encoded = source.output(encoded)  # (B, T, h), zeros at padding
             source = describe_batch(
                 tuple(encoded.shape[:2]), rules=batch_rules(config, False), attention_mask=attention_mask,
                 device=encoded.device,
             )  # fmt: skip
+        elif target.runs_packed and not source.runs_packed:  # stripped targets, sources without padding
+            source = rows_as_packed(source)
+            encoded = source.flat(encoded)  # (B * T, h): equal rows, one sequence each
 
         # -- the decoder ---------------------------------------------------------------------------------------------
         hidden = self.decoder._embed(

@@ -230,6 +230,26 @@ def test_changing_one_source_leaves_the_other_pairs_bit_identical(checkpoints, l
             assert torch.equal(a, b), f"pair {index} changed"
 
 
+@pytest.mark.parametrize("kind", ["bart", "marian"])
+def test_stripped_targets_over_sources_without_padding(checkpoints, kind):
+    """Sources of one length (nothing to strip: they run as rows) with targets of several (stripped): the cross-
+    attention reads the rows as a packed batch of equal sequences; each pair as alone."""
+    stock = checkpoints.models[kind]
+    pairs = pair_tokens(kind, pairs=[(6, 3), (6, 5), (6, 1)], seed=3)
+    model = dynmask_from(checkpoints, kind, "dynamic")
+    for batch in (
+        collate(model, pairs, "dynamic"),
+        {**collate(model, pairs, "dynamic"), "decoder_attention_mask": None},
+    ):
+        with torch.no_grad():
+            out = model(**{k: v for k, v in batch.items() if v is not None})
+            expected, loss = reference(stock, pairs)
+        real = batch["labels"] != -100
+        for row, logits in enumerate(expected):
+            torch.testing.assert_close(out.logits[row][real[row]], logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.loss, loss, atol=1e-5, rtol=0)
+
+
 def test_cross_attention_never_reaches_another_pair(checkpoints):
     """A huge source 0 would dominate any attention that reached it; targets 1 and 2 do not move at all."""
     model = dynmask_from(checkpoints, "bart", "dynamic", "eager")
