@@ -2,8 +2,15 @@
 
 Every mode trains the same model from the same initial weights on the same examples with the same optimizer, learning
 rate schedule and seed, evaluates on the validation split after each epoch with hf_dynmask's offline metrics, and
-reports the scores, the training time (evaluations excluded), real tokens per second, the peak resident memory added
-during training, the loss curve, and its time relative to ``static`` and to ``hf_grouped``.
+reports the scores, the training time (evaluations excluded; CPU time of the training thread next to wall time),
+real tokens per second, the loss curve, and its time relative to ``static`` and to ``hf_grouped``.
+
+The modes run **interleaved** (``--schedule interleaved``, the default): each trains on its own thread, and the threads
+take turns of one optimizer step, so only one computes at a time and a slow or busy stretch of the machine falls on
+every mode alike (:class:`TakeTurns`). Each mode keeps its own random state across the turns, so it draws the same
+dropout masks and batch order as it would alone. ``--schedule sequential`` runs one mode after another instead and
+adds each mode's peak resident memory (interleaved runs hold every model at once, so only the total is measured).
+``--seeds 0,1,2`` repeats the whole comparison per seed and reports each score's mean and standard deviation.
 
     task        data (../shared/data)  head                     metrics (validation split)
     banking77   banking77              sequence classification  accuracy, macro F1
@@ -24,8 +31,9 @@ The default of every option is the task's converged recipe (:data:`RECIPES`), so
     python benchmarks/finetune.py --task banking77
 
 reproduces ``benchmarks/results/finetune_banking77.json`` (run there pinned to one core, one thread:
-``taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/finetune.py --task banking77``), and ``--data-dir`` runs the
-same recipe on other data laid out the same way. A smoke run:
+``taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/finetune.py --task banking77 --seeds 0,1,2``), and
+``--data-dir`` runs the same recipe on other data laid out the same way. Paths in the JSON are relative to the
+repository (or name the package they come from), never one machine's absolute path. A smoke run:
 
     python benchmarks/finetune.py --task wnut17 --max-examples 64 --eval-examples 32 --epochs 1 --json /tmp/x.json
 """
@@ -37,9 +45,13 @@ import json
 import logging
 import os
 import platform
+import random
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -47,9 +59,10 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 from torch.utils.data import SequentialSampler
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from hf_dynmask import DynMaskConfig, make_collator
 from hf_dynmask.commands.timing import PeakRSS, release_freed_memory  # the benchmarks' peak-RSS sampler
@@ -64,10 +77,12 @@ from hf_dynmask.training.evaluation import (
 
 logger = logging.getLogger("finetune")
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
 BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MODES = ("static", "dynamic", "packed", "hf_grouped")
+SCHEDULES = ("interleaved", "sequential")
 
 
 @dataclass(frozen=True)
@@ -138,7 +153,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--warmup-ratio", type=float, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the committed runs: 1)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; the comparison runs once per seed")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="interleaved", help="how the modes share the CPU")
     parser.add_argument("--output-dir", type=Path, default=None, help="keep each mode's model and model card here")
     parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/finetune_<task>.json")
     args = parser.parse_args(argv)
@@ -150,6 +166,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.modes) - set(MODES))
     if unknown:
         parser.error(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
+    try:
+        args.seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
+    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds needs at least one seed and no repeats, got {args.seeds}")
     if args.doc_stride is not None and TASKS[args.task].collator_task != "question-answering":
         parser.error("--doc-stride applies to --task squad only")
     if args.json is None:
@@ -269,7 +291,98 @@ def environment() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _common_arguments(args: argparse.Namespace, output_dir: Path, steps_per_epoch: int) -> dict[str, Any]:
+class Clock:
+    """Wall and CPU seconds of the calling thread, summed over the stretches between ``start`` and ``stop``.
+
+    CPU time is ``time.thread_time``: with one torch thread (``OMP_NUM_THREADS=1``) a CPU training step, backward
+    included, runs on the thread that calls it, so this is the step's own work and not what other processes took.
+    """
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+        self._since: tuple[float, float] | None = None
+
+    def start(self) -> None:
+        self._since = (time.perf_counter(), time.thread_time())
+
+    def stop(self) -> None:
+        if self._since is not None:
+            self.wall += time.perf_counter() - self._since[0]
+            self.cpu += time.thread_time() - self._since[1]
+            self._since = None
+
+
+class TakeTurns:
+    """Lets trainings on several threads run in turns: one holds the turn at a time, in a fixed order.
+
+    ``wait(name)`` blocks until it is ``name``'s turn and puts back that run's random state (torch, numpy, Python);
+    ``pass_on(name)`` keeps the random state and hands the turn to the next run (``done=True``: ``name`` leaves).
+    So each run draws the same numbers it would draw alone, whatever the others do between its turns.
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        self._order = list(names)
+        self._turn = 0
+        self._condition = threading.Condition()
+        self._random_state: dict[str, tuple[Any, Any, Any]] = {}
+
+    def wait(self, name: str) -> None:
+        with self._condition:
+            self._condition.wait_for(lambda: self._order[self._turn] == name)
+        if name in self._random_state:
+            torch_state, numpy_state, python_state = self._random_state.pop(name)
+            torch.set_rng_state(torch_state)
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
+
+    def pass_on(self, name: str, done: bool = False) -> None:
+        if not done:
+            self._random_state[name] = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+        with self._condition:
+            position = self._order.index(name)
+            if done:
+                self._order.pop(position)
+                self._turn = position % len(self._order) if self._order else 0
+            else:
+                self._turn = (position + 1) % len(self._order)
+            self._condition.notify_all()
+
+
+class _TimeTraining(TrainerCallback):
+    """Times a Trainer's ``train()`` on its thread (evaluations apart) and, given turns, passes the turn on after
+    every optimizer step."""
+
+    def __init__(self, name: str, turns: TakeTurns | None) -> None:
+        self.name, self.turns = name, turns
+        self.total, self.evaluation = Clock(), Clock()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.total.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.turns is not None:
+            self.total.stop()
+            self.turns.pass_on(self.name)
+            self.turns.wait(self.name)
+            self.total.start()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.total.stop()
+
+    def time_evaluations(self, trainer: Trainer) -> None:
+        evaluate = trainer.evaluate
+
+        def timed_evaluate(*args, **kwargs):
+            self.evaluation.start()
+            try:
+                return evaluate(*args, **kwargs)
+            finally:
+                self.evaluation.stop()
+
+        trainer.evaluate = timed_evaluate  # the training loop calls self.evaluate at each epoch's end
+
+
+def _common_arguments(args: argparse.Namespace, output_dir: Path, steps_per_epoch: int, seed: int) -> dict[str, Any]:
     """TrainingArguments shared by every mode: same schedule, seed, logging and per-epoch evaluation."""
     return {
         "output_dir": str(output_dir),
@@ -284,7 +397,7 @@ def _common_arguments(args: argparse.Namespace, output_dir: Path, steps_per_epoc
         "learning_rate": args.learning_rate,
         "warmup_steps": args.warmup_ratio,  # a float < 1 is a ratio of the total steps
         "logging_steps": max(1, steps_per_epoch // 20),
-        "seed": args.seed,
+        "seed": seed,
         "disable_tqdm": True,
     }
 
@@ -292,23 +405,25 @@ def _common_arguments(args: argparse.Namespace, output_dir: Path, steps_per_epoc
 _NOT_SCORES = ("epoch", "runtime", "samples_per_second", "steps_per_second")
 
 
-def _run(trainer: Any) -> dict[str, Any]:
+def _run(trainer: Any, timer: _TimeTraining) -> dict[str, Any]:
     """Train (with per-epoch evaluations), then read the timing, memory and curves out of the Trainer."""
-    release_freed_memory()
-    with PeakRSS() as peak:
-        start = time.perf_counter()
+    trainer.add_callback(timer)
+    timer.time_evaluations(trainer)
+    sequential = timer.turns is None
+    if sequential:
+        release_freed_memory()
+    with PeakRSS() if sequential else _NoPeak() as peak:
         output = trainer.train()
-        wall = time.perf_counter() - start
     history = trainer.state.log_history
-    eval_seconds = sum(log["eval_runtime"] for log in history if "eval_runtime" in log)
     evals = [
         {k.removeprefix("eval_"): v for k, v in log.items() if k.startswith("eval_") or k == "epoch"}
         for log in history
         if "eval_runtime" in log
     ]
     return {
-        "train_seconds": wall - eval_seconds,
-        "eval_seconds_during_training": eval_seconds,
+        "train_seconds": timer.total.wall - timer.evaluation.wall,
+        "train_cpu_seconds": timer.total.cpu - timer.evaluation.cpu,
+        "eval_seconds_during_training": timer.evaluation.wall,
         "peak_rss_rise_mib": peak.rise_mib,
         "train_loss": output.training_loss,
         "train_steps": output.global_step,
@@ -318,7 +433,21 @@ def _run(trainer: Any) -> dict[str, Any]:
     }
 
 
-def train_mode(args, *, mode, model_dir, tokenizer, train_set, eval_set, compute_metrics, labels, output_dir):
+class _NoPeak:
+    """Stands in for :class:`PeakRSS` in interleaved runs: every model is resident at once, so no per-mode peak."""
+
+    rise_mib = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def train_mode(
+    args, *, mode, seed, timer, model_dir, tokenizer, train_set, eval_set, compute_metrics, labels, output_dir
+):
     """One DynMask mode: fresh weights, train with per-epoch evaluation; returns the run's figures."""
     import transformers
 
@@ -331,11 +460,11 @@ def train_mode(args, *, mode, model_dir, tokenizer, train_set, eval_set, compute
             num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}
         )
     config = DynMaskConfig.from_pretrained(model_dir, **config_kwargs)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     model = getattr(transformers, task.auto_class).from_pretrained(model_dir, config=config)
     budget = args.token_budget if mode != "static" else None
     training_args = DynMaskTrainingArguments(
-        **_common_arguments(args, output_dir, len(train_set) // args.batch_size),
+        **_common_arguments(args, output_dir, len(train_set) // args.batch_size, seed),
         token_budget=budget,
         label_names=eval_label_names(task.collator_task, mode),
     )
@@ -350,7 +479,7 @@ def train_mode(args, *, mode, model_dir, tokenizer, train_set, eval_set, compute
         data_collator=collator,
         compute_metrics=compute_metrics,
     )
-    result = _run(trainer)
+    result = _run(trainer, timer)
     totals = trainer.padding_stats.totals()
     result.update(
         mode=mode,
@@ -358,7 +487,7 @@ def train_mode(args, *, mode, model_dir, tokenizer, train_set, eval_set, compute
         real_tokens=totals["real_tokens"],
         padded_tokens=totals["padded_tokens"],
         padding_efficiency=totals["padding_efficiency"],
-        real_tokens_per_second=totals["real_tokens"] / result["train_seconds"],
+        real_tokens_per_second=totals["real_tokens"] / result["train_cpu_seconds"],
     )
     if args.output_dir is not None:
         from hf_dynmask.sharing.hub import save_with_code
@@ -407,7 +536,9 @@ class _SequentialEvalTrainer(Trainer):
         return None if eval_dataset is None else SequentialSampler(eval_dataset)
 
 
-def train_hf_grouped(args, model_dir, tokenizer, train_set, eval_set, compute_metrics, labels, output_dir):
+def train_hf_grouped(
+    args, *, seed, timer, model_dir, tokenizer, train_set, eval_set, compute_metrics, labels, output_dir
+):
     """The transformers baseline: stock head, stock Trainer, length-grouped sampling, dynamic padding."""
     import transformers
     from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, TrainingArguments
@@ -418,7 +549,7 @@ def train_hf_grouped(args, model_dir, tokenizer, train_set, eval_set, compute_me
         config_kwargs["num_labels"] = 2
     elif labels is not None:
         config_kwargs.update(num_labels=len(labels))
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     model = getattr(transformers, task.auto_class).from_pretrained(model_dir, **config_kwargs)
     if task.collator_task == "token-classification":
         collator = DataCollatorForTokenClassification(tokenizer)
@@ -428,7 +559,7 @@ def train_hf_grouped(args, model_dir, tokenizer, train_set, eval_set, compute_me
     train_hf = train_set.remove_columns([c for c in train_set.column_names if c not in keep + ["length"]])
     eval_hf = eval_set.remove_columns([c for c in eval_set.column_names if c not in keep])
     training_args = TrainingArguments(
-        **_common_arguments(args, output_dir, len(train_set) // args.batch_size),
+        **_common_arguments(args, output_dir, len(train_set) // args.batch_size, seed),
         train_sampling_strategy="group_by_length",
         length_column_name="length",
         label_names=eval_label_names(task.collator_task, "dynamic"),
@@ -441,23 +572,26 @@ def train_hf_grouped(args, model_dir, tokenizer, train_set, eval_set, compute_me
         data_collator=collator,
         compute_metrics=compute_metrics,
     )
-    result = _run(trainer)
+    result = _run(trainer, timer)
     real_tokens = sum(train_set["length"]) * args.epochs  # every example once per epoch
     result.update(
         mode="hf_grouped",
         token_budget=None,
         real_tokens=real_tokens,
-        real_tokens_per_second=real_tokens / result["train_seconds"],
+        real_tokens_per_second=real_tokens / result["train_cpu_seconds"],
     )
     return result
 
 
 def add_speedups(results: dict[str, dict[str, Any]]) -> None:
-    """Each mode's speed-up against static and hf_grouped: their training time / its training time."""
+    """Each mode's speed-up against static and hf_grouped: their training CPU time / its training CPU time
+    (``speedup_vs_*``), and the same from wall time (``wall_speedup_vs_*``)."""
     for result in results.values():
         for reference in ("static", "hf_grouped"):
             if reference in results:
-                result[f"speedup_vs_{reference}"] = results[reference]["train_seconds"] / result["train_seconds"]
+                base = results[reference]
+                result[f"speedup_vs_{reference}"] = base["train_cpu_seconds"] / result["train_cpu_seconds"]
+                result[f"wall_speedup_vs_{reference}"] = base["train_seconds"] / result["train_seconds"]
 
 
 def score_spread(results: dict[str, dict[str, Any]], task: Task) -> dict[str, float]:
@@ -468,6 +602,100 @@ def score_spread(results: dict[str, dict[str, Any]], task: Task) -> dict[str, fl
         if values:
             spread[metric] = (max(values) - min(values)) * task.points
     return spread
+
+
+def over_seeds(runs: list[dict[str, Any]], task: Task) -> dict[str, Any]:
+    """Per mode, each score's values, mean and standard deviation (points) over the seeds, and the summed training
+    times with their speed-ups; then, per metric, the largest gap between the modes' means next to the largest
+    standard deviation of a mode (a gap well inside the seed spread is not a difference)."""
+    modes = list(runs[0]["results"])
+    summary: dict[str, Any] = {"seeds": [run["seed"] for run in runs], "modes": {}}
+    for mode in modes:
+        per_seed = [run["results"][mode] for run in runs]
+        scores = {}
+        for metric in task.metrics:
+            values = [r["eval"][metric] * task.points for r in per_seed if metric in r["eval"]]
+            if values:
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                scores[metric] = {"values": values, "mean": statistics.fmean(values), "std": std}
+        summary["modes"][mode] = {
+            "scores_points": scores,
+            "train_seconds": sum(r["train_seconds"] for r in per_seed),
+            "train_cpu_seconds": sum(r["train_cpu_seconds"] for r in per_seed),
+        }
+    add_speedups(summary["modes"])
+    gaps = {}
+    for metric in task.metrics:
+        stats = [m["scores_points"][metric] for m in summary["modes"].values() if metric in m["scores_points"]]
+        if stats:
+            means = [s["mean"] for s in stats]
+            gaps[metric] = {
+                "largest_gap_of_means": max(means) - min(means),
+                "largest_std": max(s["std"] for s in stats),
+            }
+    summary["gaps_points"] = gaps
+    return summary
+
+
+def portable(path: str | Path | None) -> str | None:
+    """A path as the JSON records it: relative to the repository where it lies under the repository's parent
+    (``benchmarks/results/...``, ``../shared/data``), under the name of the package it comes from where it lies in
+    one (the default model), else only its last part (``<elsewhere>/name``): never one machine's absolute path."""
+    if path is None:
+        return None
+    resolved = Path(path).resolve()
+    try:
+        return os.path.relpath(resolved, REPO) if resolved.is_relative_to(REPO.parent) else _package_path(resolved)
+    except ValueError:
+        return _package_path(resolved)
+
+
+def _package_path(path: Path) -> str:
+    for parent in path.parents:
+        if parent.name in ("site-packages", "dist-packages"):
+            return "<" + str(path.relative_to(parent)) + ">"
+    return f"<elsewhere>/{path.name}"
+
+
+def run_modes(args: argparse.Namespace, seed: int, scratch: Path, **shared: Any) -> dict[str, dict[str, Any]]:
+    """Every mode of ``args.modes`` once with ``seed``: on one thread each, taking turns of one optimizer step
+    (``--schedule interleaved``), or one after another (``sequential``). Returns the results in mode order."""
+    turns = TakeTurns(args.modes) if args.schedule == "interleaved" else None
+    results: dict[str, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+    root = args.output_dir if args.output_dir is not None else scratch
+    suffix = f"-seed{seed}" if len(args.seeds) > 1 else ""
+
+    def train(mode: str) -> None:
+        runner = train_hf_grouped if mode == "hf_grouped" else partial(train_mode, mode=mode)
+        if turns is not None:
+            turns.wait(mode)
+        try:
+            torch.set_num_threads(args.threads)
+            timer = _TimeTraining(mode, turns)
+            results[mode] = runner(args, seed=seed, timer=timer, output_dir=root / f"{mode}{suffix}", **shared)
+        except BaseException as error:  # re-raised on the main thread below
+            errors.append(error)
+        finally:
+            if turns is not None:
+                turns.pass_on(mode, done=True)
+
+    if turns is None:
+        for mode in args.modes:
+            train(mode)
+            if errors:
+                break
+    else:
+        threads = [threading.Thread(target=train, args=(mode,), name=f"finetune-{mode}") for mode in args.modes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+    results = {mode: results[mode] for mode in args.modes}
+    add_speedups(results)
+    return results
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -491,10 +719,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     eval_set = prepare_dataset(raw_eval, tokenizer, task.collator_task, max_length=args.max_length, **stride)
     compute_metrics = compute_metrics_for(args, raw_eval, tokenizer, labels)
     command = "python benchmarks/finetune.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    paths = ("data_dir", "model_dir", "output_dir", "json")
     report: dict[str, Any] = {
         "command": command,
         "environment": environment(),
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "settings": {k: portable(v) if k in paths else v for k, v in vars(args).items()},
         "data": {
             "train_examples": len(raw_train),
             "train_features": len(train_set),
@@ -506,27 +735,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "metrics": list(task.metrics),
         "results": {},
     }
+    shared = {
+        "model_dir": model_dir,
+        "tokenizer": tokenizer,
+        "train_set": train_set,
+        "eval_set": eval_set,
+        "compute_metrics": compute_metrics,
+        "labels": labels,
+    }
+    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
-        for mode in args.modes:
-            output_dir = (args.output_dir / mode) if args.output_dir is not None else Path(scratch) / mode
-            runner = train_hf_grouped if mode == "hf_grouped" else partial(train_mode, mode=mode)
-            result = runner(
-                args,
-                model_dir=model_dir,
-                tokenizer=tokenizer,
-                train_set=train_set,
-                eval_set=eval_set,
-                compute_metrics=compute_metrics,
-                labels=labels,
-                output_dir=output_dir,
-            )
-            report["results"][mode] = result
-            brief = {k: v for k, v in result.items() if k not in ("loss_curve", "eval_per_epoch")}
-            logger.info("%s", json.dumps(brief))
-    add_speedups(report["results"])
-    report["score_spread_points"] = score_spread(report["results"], task)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+        for seed in args.seeds:
+            results = run_modes(args, seed, Path(scratch), **shared)
+            for result in results.values():
+                brief = {k: v for k, v in result.items() if k not in ("loss_curve", "eval_per_epoch")}
+                logger.info("seed %d: %s", seed, json.dumps(brief))
+            runs.append({"seed": seed, "results": results})
+            # the first seed in "results", the others in "other_seeds"; written after each seed
+            report["results"] = runs[0]["results"]
+            report["score_spread_points"] = score_spread(report["results"], task)
+            if len(args.seeds) > 1:
+                report["other_seeds"] = runs[1:]
+                report["over_seeds"] = over_seeds(runs, task)
+            report["process_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
