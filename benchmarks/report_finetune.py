@@ -55,28 +55,54 @@ def _modes(report: dict[str, Any]) -> list[str]:
     return [m for m in MODE_ORDER if m in report["results"]]
 
 
+def _seconds(r: dict[str, Any], key: str) -> str:
+    return f"{r[key]:,.0f} s" if r.get(key) is not None else "—"
+
+
 def table(report: dict[str, Any]) -> str:
-    """One task's Markdown table: scores, time, throughput, memory, speed-ups."""
+    """One task's Markdown table: scores (mean ± std over the seeds where there are several), training CPU and wall
+    time per run, throughput, padding, memory, and speed-ups from CPU time (runs before the interleaved schedule have
+    wall time only; their speed-ups are from wall time)."""
     metrics = report["metrics"]
+    seeds = report.get("over_seeds")
     head = [METRIC_LABEL.get(m, m) for m in metrics]
     lines = [
         "| mode | "
         + " | ".join(head)
-        + " | train time | real tok/s | padding | peak mem | vs static | vs HF grouped |",
-        "|---|" + "---:|" * (len(metrics) + 6),
+        + " | train CPU | train wall | real tok/s | padding | peak mem | vs static | vs HF grouped |",
+        "|---|" + "---:|" * (len(metrics) + 7),
     ]
     for mode in _modes(report):
         r = report["results"][mode]
-        scores = [f"{_points(report, r['eval'][m]):.2f}" for m in metrics]
+        if seeds is not None:
+            over = seeds["modes"][mode]
+            scores = [
+                f"{over['scores_points'][m]['mean']:.2f} ± {over['scores_points'][m]['std']:.2f}" for m in metrics
+            ]
+            runs = len(seeds["seeds"])
+            timing = {k: over[k] / runs for k in ("train_cpu_seconds", "train_seconds")}
+            timing.update({k: v for k, v in over.items() if k.startswith("speedup_vs_")})
+        else:
+            scores = [f"{_points(report, r['eval'][m]):.2f}" for m in metrics]
+            timing = r
         padding = f"{100 * (1 - r['padding_efficiency']):.1f}%" if "padding_efficiency" in r else "—"
         memory = f"{r['peak_rss_rise_mib']:,.0f} MiB" if r.get("peak_rss_rise_mib") is not None else "—"
-        static = f"{r['speedup_vs_static']:.2f}×" if "speedup_vs_static" in r else "—"
-        grouped = f"{r['speedup_vs_hf_grouped']:.2f}×" if "speedup_vs_hf_grouped" in r else "—"
+        static = f"{timing['speedup_vs_static']:.2f}×" if "speedup_vs_static" in timing else "—"
+        grouped = f"{timing['speedup_vs_hf_grouped']:.2f}×" if "speedup_vs_hf_grouped" in timing else "—"
         lines.append(
             f"| {MODE_LABEL[mode]} | "
             + " | ".join(scores)
-            + f" | {r['train_seconds']:,.0f} s | {r['real_tokens_per_second']:,.0f} | {padding} | {memory} | "
-            f"{static} | {grouped} |"
+            + f" | {_seconds(timing, 'train_cpu_seconds')} | {_seconds(timing, 'train_seconds')}"
+            f" | {r['real_tokens_per_second']:,.0f} | {padding} | {memory} | {static} | {grouped} |"
+        )
+    if seeds is not None:
+        gaps = ", ".join(
+            f"{METRIC_LABEL.get(m, m)} {g['largest_gap_of_means']:.2f} (largest std {g['largest_std']:.2f})"
+            for m, g in seeds["gaps_points"].items()
+        )
+        return (
+            "\n".join(lines)
+            + f"\n\nLargest gap between the modes' means (points), over seeds {seeds['seeds']}: {gaps}."
         )
     spread = ", ".join(f"{METRIC_LABEL.get(m, m)} {v:.2f}" for m, v in report["score_spread_points"].items())
     return "\n".join(lines) + f"\n\nLargest gap between modes (points): {spread}."
@@ -93,8 +119,8 @@ def describe(report: dict[str, Any]) -> str:
     return (
         f"{d['train_examples']:,} training / {d['eval_examples']:,} validation examples{features}, mean "
         f"{d['mean_train_tokens']:.0f} tokens; max length {s['max_length']}{stride}, batch {s['batch_size']}, "
-        f"{s['epochs']:g} epochs, lr {s['learning_rate']:g} (linear, {s['warmup_ratio']:.0%} warm-up), seed "
-        f"{s['seed']}; `{report['command']}`"
+        f"{s['epochs']:g} epochs, lr {s['learning_rate']:g} (linear, {s['warmup_ratio']:.0%} warm-up), "
+        f"{_seeds(s)}, {s.get('schedule', 'sequential')}; `{report['command']}`"
     )
 
 
@@ -115,6 +141,11 @@ def mlm_tables(report: dict[str, Any]) -> str:
     for masking, result in downstream.items():
         lines.append(f"| {masking} masking | " + " | ".join(f"{100 * result['eval'][m]:.2f}" for m in metrics) + " |")
     return "\n".join(lines)
+
+
+def _seeds(settings: dict[str, Any]) -> str:
+    seeds = settings.get("seeds", [settings.get("seed")])
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
 
 
 def plot_curves(reports: dict[str, dict[str, Any]], path: Path) -> None:
@@ -163,7 +194,7 @@ def plot_time(reports: dict[str, dict[str, Any]], path: Path) -> None:
             if mode not in report["results"]:
                 continue
             r = report["results"][mode]
-            minutes = r["train_seconds"] / 60
+            minutes = r.get("train_cpu_seconds", r["train_seconds"]) / 60
             x = column + (k - 1.5) * width
             ax.bar(
                 x, minutes, width, color=COLORS[mode], label=MODE_LABEL[mode].replace("`", "") if column == 0 else None
@@ -180,7 +211,7 @@ def plot_time(reports: dict[str, dict[str, Any]], path: Path) -> None:
                 textcoords="offset points",
             )
     ax.set_xticks(range(len(reports)), list(reports))
-    ax.set_ylabel("training time (minutes)")
+    ax.set_ylabel("training CPU time, seed 0 (minutes)")
     ax.set_title("Training time per mode (labels: speed-up against HF group_by_length)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
@@ -223,6 +254,9 @@ def write_cards(report: dict[str, Any], directory: Path, modes: tuple[str, ...] 
 
     task = report["settings"]["task"]
     for mode in modes:
+        if mode not in report["results"]:
+            print(f"(no {mode} run in the {task} results: its model card is left as it is)")
+            continue
         summary = finetune.card_summary(task, report["results"][mode])
         make_model_card(summary).save(directory / f"{summary.model_name}.md")
 

@@ -77,9 +77,11 @@ def test_finetune_every_mode(finetune, tiny_bert, tmp_path, task):
     for mode, result in results.items():
         assert set(report["metrics"]) <= set(result["eval"]), mode
         assert [e["epoch"] for e in result["eval_per_epoch"]] == [1.0]
-        assert result["loss_curve"] and result["train_seconds"] > 0
-        assert result["peak_rss_rise_mib"] is None or result["peak_rss_rise_mib"] >= 0
-        assert math.isclose(result["speedup_vs_static"], results["static"]["train_seconds"] / result["train_seconds"])
+        assert result["loss_curve"] and result["train_seconds"] > 0 and result["train_cpu_seconds"] > 0
+        assert result["peak_rss_rise_mib"] is None  # interleaved: every model is resident at once
+        static = results["static"]
+        assert math.isclose(result["speedup_vs_static"], static["train_cpu_seconds"] / result["train_cpu_seconds"])
+        assert math.isclose(result["wall_speedup_vs_static"], static["train_seconds"] / result["train_seconds"])
     # dynamic and packed run the same sequences through the same dropout draws: the same training
     assert results["dynamic"]["eval"]["loss"] == pytest.approx(results["packed"]["eval"]["loss"], abs=1e-4)
     assert results["packed"]["padding_efficiency"] == 1.0 > results["static"]["padding_efficiency"]
@@ -92,6 +94,35 @@ def test_finetune_every_mode(finetune, tiny_bert, tmp_path, task):
             card = (tmp_path / "models" / mode / "README.md").read_text()
             assert f"minilm-dynmask-{task}-{mode}" in card and f"{results[mode]['real_tokens']:,}" in card
             assert (tmp_path / "models" / mode / "config.json").exists()
+
+
+def test_interleaved_runs_train_as_sequential_runs(finetune, tiny_bert, tmp_path):
+    """Taking turns changes the timing only: each mode keeps its own random state (dropout, batch order), so the
+    losses equal one mode after another, and every seed is reported with its mean and spread."""
+    if not (DATA / "banking77").exists():
+        pytest.skip("banking77 not available")
+    argv = ["--task", "banking77", "--modes", "dynamic,packed,hf_grouped", "--model-dir", tiny_bert]
+    argv += ["--max-examples", "8", "--eval-examples", "4", "--epochs", "1", "--batch-size", "4"]
+    interleaved = finetune.main([*argv, "--seeds", "0,1", "--json", str(tmp_path / "i.json")])
+    sequential = finetune.main([*argv, "--schedule", "sequential", "--json", str(tmp_path / "s.json")])
+    for mode in ("dynamic", "packed", "hf_grouped"):
+        assert interleaved["results"][mode]["loss_curve"] == sequential["results"][mode]["loss_curve"], mode
+        assert sequential["results"][mode]["peak_rss_rise_mib"] >= 0  # measured per mode when sequential
+    other = interleaved["other_seeds"][0]
+    assert (
+        other["seed"] == 1
+        and other["results"]["packed"]["loss_curve"] != sequential["results"]["packed"]["loss_curve"]
+    )
+    accuracy = interleaved["over_seeds"]["modes"]["packed"]["scores_points"]["accuracy"]
+    values = [
+        100 * interleaved["results"]["packed"]["eval"]["accuracy"],
+        100 * other["results"]["packed"]["eval"]["accuracy"],
+    ]
+    assert accuracy["values"] == values and accuracy["mean"] == pytest.approx(sum(values) / 2)
+    settings = interleaved["settings"]
+    assert settings["seeds"] == [0, 1] and settings["schedule"] == "interleaved"
+    assert settings["data_dir"] == "../shared/data"  # relative to the repository, not this machine's path
+    assert settings["json"] == "<elsewhere>/i.json" and not settings["model_dir"].startswith("/")
 
 
 def test_finetune_recipe_is_the_default(finetune):
@@ -107,6 +138,9 @@ def test_finetune_recipe_is_the_default(finetune):
     assert finetune.parse_args(["--task", "banking77", "--epochs", "1"]).epochs == 1
     with pytest.raises(SystemExit):
         finetune.parse_args(["--task", "banking77", "--doc-stride", "16"])
+    for seeds in ("0,0", "a", ""):
+        with pytest.raises(SystemExit):
+            finetune.parse_args(["--task", "banking77", "--seeds", seeds])
 
 
 def test_mlm_masking_static_and_dynamic(tiny_bert, tmp_path):
