@@ -53,6 +53,7 @@ __all__ = [
     "LengthGroup",
     "VarlenPlan",
     "attend",
+    "compiled_plan",
     "dense_mask",
     "eager_attention",
     "flex_attention",
@@ -113,6 +114,10 @@ def _bounds(cu_seqlens: torch.Tensor, name: str) -> list[int]:
 #: trained fastest, on short utterances as on 384-token windows, at about twice stock BERT's operator count per step
 #: (BENCHMARKS.md, "Attention calls per layer").
 MAX_GROUPS = 4
+
+#: The most length groups of a plan made under ``torch.compile`` (:func:`compiled_plan`): each group count is a plan
+#: structure, and each structure one graph.
+COMPILED_GROUPS = 2
 
 
 def plan_varlen(
@@ -234,6 +239,40 @@ def plan_varlen(
     if identity:  # one group, no padding, in packed order: the blocks are views of the inputs
         return VarlenPlan(tuple(groups), None, None, None, num_q_tokens, bounds_k[-1], *boundaries)
     return VarlenPlan(tuple(groups), q_index, k_index, out_index, num_q_tokens, bounds_k[-1], *boundaries)
+
+
+
+def compiled_plan(cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor | None = None) -> VarlenPlan:
+    """The plan to hand a graph being compiled: at most :data:`COMPILED_GROUPS` length groups (one per distinct length,
+    merged where that wastes least) of two sequences or more, every optional field filled, and every size that changes
+    from batch to batch marked dynamic. So a plan has one of two structures (one group or two) and ``torch.compile``
+    reuses one graph per structure for batches of any lengths; a group of one sequence would be a size it specializes.
+
+    Call it outside the compiled graph (where the plan's host reads happen), deciding with
+    ``torch.compiler.is_compiling()`` read inside it.
+    """
+    plan = plan_varlen(
+        cu_seqlens_q,
+        cu_seqlens_k,
+        bucket_ratio=1.0,
+        static_structure=True,
+        max_groups=COMPILED_GROUPS,
+        min_group_seqs=2,
+    )
+    for group in plan.groups:
+        for tensor, dims in (
+            (group.q_gather, (0,)),
+            (group.k_gather, (0,)),
+            (group.q_real_slots, (0,)),
+            (group.q_real, (0, 1)),
+            (group.key_allowed, (0, 3)),
+        ):
+            if tensor is not None:
+                torch._dynamo.maybe_mark_dynamic(tensor, list(dims))
+    for tensor in (plan.q_index, plan.k_index, plan.out_index):
+        if tensor is not None:
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
+    return plan
 
 
 def _merge_groups(

@@ -48,7 +48,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import logging
 
-from .attention import AttentionLayout, attend, dense_mask, plan_varlen
+from .attention import AttentionLayout, attend, compiled_plan, dense_mask, plan_varlen
 from .backends import FLASH_IMPLEMENTATIONS, AttentionBackendHooks, backend_of
 from .batch import BatchLayout, BatchRules, describe_batch, refuse_unknown_arguments
 from .configuration_dynmask import QA_PADDING, DynMaskConfig, check_qa_padding, unknown_choice
@@ -69,9 +69,6 @@ from .stock import register_attention
 logger = logging.get_logger(__name__)
 
 register_attention()
-
-#: Length groups of the packed attention under torch.compile (each group count is one graph).
-COMPILED_GROUPS = 2
 
 #: What every forward of the family takes besides a head's own arguments (for the did-you-mean of unknown ones).
 ENCODER_ARGUMENTS = (
@@ -637,19 +634,7 @@ class DynMaskModel(DynMaskPreTrainedModel):
             return AttentionLayout(name, packed=True, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
         kernel = "eager" if name == "eager" else "sdpa"
         if compiling:
-            # At most two length groups (one per distinct length, merged where that wastes least) of two sequences
-            # or more, every field filled: two plan structures (one group or two), so two graphs serve every batch;
-            # their sizes are marked dynamic (a group of one sequence would be a size torch.compile specializes).
-            plan = plan_varlen(
-                cu_seqlens, bucket_ratio=1.0, static_structure=True, max_groups=COMPILED_GROUPS, min_group_seqs=2
-            )
-            for group in plan.groups:
-                _mark_dynamic(group.q_gather, 0)
-                _mark_dynamic(group.q_real_slots, 0)
-                _mark_dynamic(group.q_real, 0, 1)
-                _mark_dynamic(group.key_allowed, 0, 3)
-            _mark_dynamic(plan.q_index, 0)
-            _mark_dynamic(plan.out_index, 0)
+            plan = compiled_plan(cu_seqlens)  # two plan structures: two graphs serve every batch
         else:
             ratio = 0.0 if kernel == "eager" else self.config.varlen_bucket_ratio
             plan = plan_varlen(cu_seqlens, bucket_ratio=ratio)

@@ -38,7 +38,13 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
-from .attention import ATTN_IMPLEMENTATION, plan_varlen, varlen_attention_forward, varlen_attention_mask
+from .attention import (
+    ATTN_IMPLEMENTATION,
+    compiled_plan,
+    plan_varlen,
+    varlen_attention_forward,
+    varlen_attention_mask,
+)
 from .batch import BatchLayout, BatchRules, describe_batch, refuse_unknown_arguments
 from .families import (
     DYNMASK_FAMILY,
@@ -136,8 +142,8 @@ def prepare_stock_model(model: torch.nn.Module) -> None:
     if family_of(model) == DYNMASK_FAMILY:
         return
     check_verified_family(model, stock_family_of(model))
-    if _check_entry not in model._forward_pre_hooks.values():
-        model.register_forward_pre_hook(_check_entry, with_kwargs=True)
+    if _entry not in model._forward_pre_hooks.values():
+        model.register_forward_pre_hook(_entry, with_kwargs=True)
         model.register_forward_hook(_mark_packed_output, with_kwargs=True)
 
 
@@ -224,9 +230,17 @@ def _cached_positions(cache: Any) -> int:
     return int(cache.get_seq_length())
 
 
+def _entry(model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """Forward pre-hook: :func:`_check_entry`, told whether the forward is being compiled (read here, in the traced
+    frame: inside the disabled check it is always False)."""
+    return _check_entry(model, args, kwargs, torch.compiler.is_compiling())
+
+
 @torch.compiler.disable  # host reads of the checks: one boundary, outside compiled graphs
-def _check_entry(model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-    """Forward pre-hook: describe the batch, refuse what is not exact, hand the layout and plan to the attention."""
+def _check_entry(model: torch.nn.Module, args: tuple, kwargs: dict, compiling: bool) -> tuple[tuple, dict] | None:
+    """Describe the batch, refuse what is not exact, hand the layout and plan to the attention (under compile a plan
+    of at most two structures, :func:`~.attention.compiled_plan`, so that one graph per structure serves every
+    batch)."""
     if kwargs.get("dynmask_layout") is not None or model.config._attn_implementation != ATTN_IMPLEMENTATION:
         return None
     _check_modules(model)
@@ -264,8 +278,11 @@ def _check_entry(model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tup
         refusal = packed_head_refusal(model)
         if refusal is not None:
             raise ValueError(refusal)
-        ratio = float(getattr(model.config, "varlen_bucket_ratio", 0.8))
-        extra["dynmask_plan"] = plan_varlen(layout.cu_seqlens, bucket_ratio=ratio)
+        if compiling:
+            extra["dynmask_plan"] = compiled_plan(layout.cu_seqlens)
+        else:
+            ratio = float(getattr(model.config, "varlen_bucket_ratio", 0.8))
+            extra["dynmask_plan"] = plan_varlen(layout.cu_seqlens, bucket_ratio=ratio)
         if inputs.get("position_ids") is None:  # each sequence's own positions: the model would number the row
             positions = layout.position_ids.view(layout.batch_size, -1)
             names = _positional_names(type(model))
