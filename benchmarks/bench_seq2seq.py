@@ -43,10 +43,12 @@ import datasets
 import torch
 
 from hf_dynmask import DynMaskSeq2SeqConfig, make_collator, prepare_dataset
+from hf_dynmask.commands.timing import portable_path
 from hf_dynmask.modeling.input_checks import IGNORE_INDEX
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
+RECORDED_PATHS = ("data_dir", "json", "plot")  # recorded relative to the repository
 DATASETS = {
     # name: (task, source/target max length, greedy generation budget, model style)
     "scitldr_a": ("summarization", 384, 64, "bart"),
@@ -394,7 +396,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "command": "python benchmarks/bench_seq2seq.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "environment": environment(args),
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "settings": {
+            k: portable_path(v, RESULTS.parents[1]) if k in RECORDED_PATHS else v for k, v in vars(args).items()
+        },
         "data": {
             "train_pairs": len(train_set),
             "eval_pairs": len(eval_set),

@@ -65,7 +65,7 @@ from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback
 
 from hf_dynmask import DynMaskConfig, make_collator
-from hf_dynmask.commands.timing import PeakRSS, release_freed_memory  # the benchmarks' peak-RSS sampler
+from hf_dynmask.commands.timing import PeakRSS, portable_path, release_freed_memory
 from hf_dynmask.data import get_task, prepare_dataset
 from hf_dynmask.training import DynMaskTrainer, DynMaskTrainingArguments
 from hf_dynmask.training.evaluation import (
@@ -637,26 +637,6 @@ def over_seeds(runs: list[dict[str, Any]], task: Task) -> dict[str, Any]:
     return summary
 
 
-def portable(path: str | Path | None) -> str | None:
-    """A path as the JSON records it: relative to the repository where it lies under the repository's parent
-    (``benchmarks/results/...``, ``../shared/data``), under the name of the package it comes from where it lies in
-    one (the default model), else only its last part (``<elsewhere>/name``): never one machine's absolute path."""
-    if path is None:
-        return None
-    resolved = Path(path).resolve()
-    try:
-        return os.path.relpath(resolved, REPO) if resolved.is_relative_to(REPO.parent) else _package_path(resolved)
-    except ValueError:
-        return _package_path(resolved)
-
-
-def _package_path(path: Path) -> str:
-    for parent in path.parents:
-        if parent.name in ("site-packages", "dist-packages"):
-            return "<" + str(path.relative_to(parent)) + ">"
-    return f"<elsewhere>/{path.name}"
-
-
 def run_modes(args: argparse.Namespace, seed: int, scratch: Path, **shared: Any) -> dict[str, dict[str, Any]]:
     """Every mode of ``args.modes`` once with ``seed``: on one thread each, taking turns of one optimizer step
     (``--schedule interleaved``), or one after another (``sequential``). Returns the results in mode order."""
@@ -723,7 +703,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "command": command,
         "environment": environment(),
-        "settings": {k: portable(v) if k in paths else v for k, v in vars(args).items()},
+        "settings": {k: portable_path(v, REPO) if k in paths else v for k, v in vars(args).items()},
         "data": {
             "train_examples": len(raw_train),
             "train_features": len(train_set),

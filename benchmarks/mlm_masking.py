@@ -41,6 +41,7 @@ import torch
 from transformers import TrainerCallback
 
 from hf_dynmask import DynMaskConfig, make_collator
+from hf_dynmask.commands.timing import portable_path
 from hf_dynmask.data import prepare_dataset
 from hf_dynmask.modeling.input_checks import IGNORE_INDEX
 from hf_dynmask.training import DynMaskTrainer, DynMaskTrainingArguments
@@ -50,6 +51,9 @@ import finetune  # noqa: E402  (the sibling benchmark: environment, data locatio
 
 logger = logging.getLogger("mlm_masking")
 MASKINGS = ("static", "dynamic")
+
+
+RECORDED_PATHS = ("data_dir", "model_dir", "json")  # recorded relative to the repository
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -215,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "command": "python benchmarks/mlm_masking.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "environment": finetune.environment(),
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "settings": {k: portable_path(v, finetune.REPO) if k in RECORDED_PATHS else v for k, v in vars(args).items()},
         "data": {
             "corpus": f"{args.corpus}: distinct contexts (train split for training, validation split held out)",
             "train_texts": len(train_set),

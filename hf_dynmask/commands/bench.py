@@ -56,7 +56,7 @@ from ..data.collators import make_collator, token_counts
 from ..modeling.configuration_dynmask import DynMaskConfig, did_you_mean
 from .atomic import atomic_path
 from .padding_waste import batch_orders
-from .timing import peak_memory_mib, progress_bar, run_once, stratified_batches, synchronize
+from .timing import peak_memory_mib, portable_path, progress_bar, run_once, stratified_batches, synchronize
 
 logger = logging.getLogger(__name__)
 
@@ -551,7 +551,7 @@ def run_benchmark(
         pair = load_models(model_dir, train=train)
         config = pair.hf.config
         report["model"] = {
-            "path": str(model_dir),
+            "path": portable_path(model_dir),
             "model_type": pair.model_type,
             "hidden_size": config.hidden_size,
             "intermediate_size": config.intermediate_size,

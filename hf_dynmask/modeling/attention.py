@@ -241,7 +241,6 @@ def plan_varlen(
     return VarlenPlan(tuple(groups), q_index, k_index, out_index, num_q_tokens, bounds_k[-1], *boundaries)
 
 
-
 def compiled_plan(cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor | None = None) -> VarlenPlan:
     """The plan to hand a graph being compiled: at most :data:`COMPILED_GROUPS` length groups (one per distinct length,
     merged where that wastes least) of two sequences or more, every optional field filled, and every size that changes
