@@ -280,6 +280,7 @@ def _check_types(shape, attention_mask, position_ids, cu_q, cu_k, seq_idx, past:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@torch.compiler.disable  # host reads: kept out of compiled graphs (one graph break per call)
 def describe_batch(
     shape: tuple[int, int],
     *,
@@ -577,6 +578,7 @@ def _describe_flattened(shape, rules: BatchRules, position_ids, extra) -> BatchL
     return BatchLayout("packed", rows, length, cu, max(lens), flat, None, boundaries="position_ids", values=extra)
 
 
+@torch.compiler.disable  # host reads: kept out of compiled graphs (one graph break per call)
 def rows_as_packed(layout: BatchLayout) -> BatchLayout:
     """Rows without padding as the packed batch they are: ``B`` sequences of ``T`` tokens, back to back (for a
     cross-attention whose other side runs packed).
@@ -594,6 +596,7 @@ def rows_as_packed(layout: BatchLayout) -> BatchLayout:
     return BatchLayout("packed", rows, length, cu, length, positions, None, boundaries="stated", values=layout.values)
 
 
+@torch.compiler.disable  # host reads: kept out of compiled graphs (one graph break per call)
 def check_pairs(source: BatchLayout, target: BatchLayout) -> None:
     """Cross-attention pairs target ``s`` with source ``s``: both sides packed or neither, as many of each."""
     if (source.kind == "packed") != (target.kind == "packed"):
@@ -605,6 +608,7 @@ def check_pairs(source: BatchLayout, target: BatchLayout) -> None:
         raise ValueError(f"{source.num_seqs} sources but {target.num_seqs} targets: every pair needs both")
 
 
+@torch.compiler.disable  # host reads: kept out of compiled graphs (one graph break per call)
 def target_padding_from_labels(
     labels: torch.Tensor | None,
     shape: tuple[int, int],

@@ -53,7 +53,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 from transformers.utils import logging
 
-from .attention import AttentionLayout, attend, dense_mask, plan_varlen
+from .attention import AttentionLayout, attend, compiled_plan, dense_mask, plan_varlen
 from .backends import AttentionBackendHooks, backend_of
 from .batch import (
     DECODER_NAMES,
@@ -126,17 +126,22 @@ def batch_rules(config: DynMaskSeq2SeqConfig, unpad: bool, decoder: bool = False
     )
 
 
-def _self_layout(side: BatchLayout, kernel: str, ratio: float, causal: bool, weights: bool, device) -> AttentionLayout:
+@torch.compiler.disable  # plans read the lengths on the host: kept out of compiled graphs
+def _self_layout(
+    side: BatchLayout, kernel: str, ratio: float, causal: bool, weights: bool, device, compiling: bool = False
+) -> AttentionLayout:
     """Self-attention of one side: the varlen plan when it runs packed, else the backend's mask over its padding
     (a decoder's queries being the last ``T`` of ``P + T`` keys over a cache). ``weights``: every mask whole, for the
-    eager kernel (:func:`~.attention.dense_mask`)."""
+    eager kernel (:func:`~.attention.dense_mask`). ``compiling`` (read by the caller, in the traced frame): a plan of
+    at most two structures (:func:`~.attention.compiled_plan`)."""
     if side.runs_packed:
         if weights:
             seq_idx = side.seq_idx.view(side.batch_size, -1)  # (B, T)
             length = seq_idx.shape[1]
             mask = dense_mask(side.batch_size, length, length, device=device, is_causal=causal, seq_idx=seq_idx)
             return AttentionLayout("eager", packed=True, mask=mask)
-        return AttentionLayout(kernel, packed=True, plan=plan_varlen(side.cu_seqlens, bucket_ratio=ratio))
+        plan = compiled_plan(side.cu_seqlens) if compiling else plan_varlen(side.cu_seqlens, bucket_ratio=ratio)
+        return AttentionLayout(kernel, packed=True, plan=plan)
     real = side.real  # bool (B, P + T), None when no key is padding
     q_len, k_len = side.seqlen, side.past + side.seqlen
     if not causal:
@@ -153,8 +158,9 @@ def _self_layout(side: BatchLayout, kernel: str, ratio: float, causal: bool, wei
     return AttentionLayout(kernel, mask=allowed)
 
 
+@torch.compiler.disable
 def _cross_layout(
-    target: BatchLayout, source: BatchLayout, kernel: str, ratio: float, weights: bool, device
+    target: BatchLayout, source: BatchLayout, kernel: str, ratio: float, weights: bool, device, compiling: bool = False
 ) -> AttentionLayout:
     """Cross-attention: target ``s`` attends to source ``s`` only (packed), or to the source row's real tokens."""
     if target.runs_packed:
@@ -164,7 +170,11 @@ def _cross_layout(
                 1, target_seq.shape[1], source_seq.shape[1], device=device, seq_idx=target_seq, key_seq_idx=source_seq
             )
             return AttentionLayout("eager", packed=True, mask=mask)
-        return AttentionLayout(kernel, packed=True, plan=plan_varlen(target.cu_seqlens, source.cu_seqlens, ratio))
+        if compiling:
+            plan = compiled_plan(target.cu_seqlens, source.cu_seqlens)
+        else:
+            plan = plan_varlen(target.cu_seqlens, source.cu_seqlens, ratio)
+        return AttentionLayout(kernel, packed=True, plan=plan)
     return AttentionLayout(kernel, mask=None if source.real is None else source.real[:, None, None, :])
 
 
@@ -481,7 +491,8 @@ class DynMaskSeq2SeqEncoder(_Stack):
         name = backend_of(self.config, "seq2seq")
         kernel = "eager" if name == "eager" or output_attentions else "sdpa"
         ratio = 0.0 if kernel == "eager" else self.config.varlen_bucket_ratio
-        layout = _self_layout(source, kernel, ratio, False, output_attentions, hidden.device)
+        compiling = torch.compiler.is_compiling()
+        layout = _self_layout(source, kernel, ratio, False, output_attentions, hidden.device, compiling)
         all_hidden = [hidden] if output_hidden else None
         all_weights = [] if output_attentions else None
         for layer in self.layers:
@@ -796,8 +807,9 @@ class DynMaskSeq2SeqModel(DynMaskSeq2SeqPreTrainedModel):
         hidden = self.decoder._embed(
             target.flat(decoder_input_ids), target.flat(decoder_inputs_embeds), target.position_ids
         )
-        self_layout = _self_layout(target, kernel, ratio, True, output_attentions, hidden.device)
-        cross_layout = _cross_layout(target, source, kernel, ratio, output_attentions, hidden.device)
+        compiling = torch.compiler.is_compiling()
+        self_layout = _self_layout(target, kernel, ratio, True, output_attentions, hidden.device, compiling)
+        cross_layout = _cross_layout(target, source, kernel, ratio, output_attentions, hidden.device, compiling)
         hidden, decoder_all, self_weights, cross_weights = self.decoder(
             hidden, encoded, self_layout, cross_layout, cache, output_hidden, output_attentions
         )
