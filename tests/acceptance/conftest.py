@@ -52,6 +52,14 @@ def scripts() -> ModuleType:
     return load_scripts()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_data():
+    """Every script trains on a slice of ``../shared/data``: without it the suite skips (a checkout on its own)."""
+    data = load_scripts().DATA
+    if not data.is_dir():
+        pytest.skip(f"{data} not available: the acceptance suite trains on slices of ../shared/data")
+
+
 @contextlib.contextmanager
 def one_torch_thread():
     """Train on one torch thread (tiny models run fastest so, and the machine is shared); the session's runs are
