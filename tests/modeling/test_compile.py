@@ -146,19 +146,31 @@ def test_compiled_forward_matches_eager_on_changing_shapes(layout, masking, mode
     )
 
 
+def assert_step_as_eager(model, compiled, batch, logits: bool = True, rtol: float = 1e-4) -> None:
+    """One training step of ``compiled`` gives the eager ``model``'s loss (and logits) and every parameter's
+    gradient; gradients are left cleared."""
+    model.zero_grad(set_to_none=True)
+    eager = model(**batch)
+    eager.loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    got = compiled(**batch)
+    got.loss.backward()
+    if logits:
+        torch.testing.assert_close(got.logits, eager.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.loss, eager.loss, atol=1e-6, rtol=0)
+    for name, p in model.named_parameters():
+        if name in expected:
+            torch.testing.assert_close(p.grad, expected[name], atol=1e-5, rtol=rtol, msg=name)
+    model.zero_grad(set_to_none=True)
+
+
 def test_compiled_training_step_gives_the_eager_gradients():
     torch.manual_seed(0)
     model = DynMaskForSequenceClassification(config("dynamic")).train()
     compiled = torch.compile(model, backend="aot_eager")
     for batch in batches("packed", count=2) + batches("padded", count=2, seed=1):
-        model.zero_grad()
-        model(**batch).loss.backward()
-        expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-        model.zero_grad()
-        compiled(**batch).loss.backward()
-        for name, p in model.named_parameters():
-            if name in expected:
-                torch.testing.assert_close(p.grad, expected[name], atol=1e-5, rtol=0, msg=name)
+        assert_step_as_eager(model, compiled, batch, logits=False, rtol=0)
     check_compiles(layouts=2)
 
 
@@ -252,18 +264,7 @@ def test_stock_packed_rows_compile_to_the_eager_losses_and_gradients(family):
     model.train()
     compiled = torch.compile(model, backend="aot_eager")
     for batch in stock_batches(family, count=3):
-        eager = model(**batch)
-        eager.loss.backward()
-        expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-        model.zero_grad(set_to_none=True)
-        got = compiled(**batch)
-        got.loss.backward()
-        torch.testing.assert_close(got.logits, eager.logits, atol=1e-5, rtol=0)
-        torch.testing.assert_close(got.loss, eager.loss, atol=1e-6, rtol=0)
-        for name, p in model.named_parameters():
-            if name in expected:
-                torch.testing.assert_close(p.grad, expected[name], atol=1e-5, rtol=1e-4, msg=name)
-        model.zero_grad(set_to_none=True)
+        assert_step_as_eager(model, compiled, batch)
 
 
 def test_stock_model_compiles_once_per_plan_structure():
@@ -284,41 +285,34 @@ def test_stock_model_compiles_once_per_plan_structure():
     assert all("_check_entry" in reason for reason in graph_break_reasons()), graph_break_reasons()
 
 
-def test_seq2seq_compiles_to_the_eager_loss_and_gradients():
-    """The DynMask seq2seq family under torch.compile, dynamic and packed batches: eager's loss and gradients."""
-    from .test_modeling_dynmask_seq2seq import collate, pair_tokens, stock_model
+def tiny_seq2seq() -> DynMaskSeq2SeqForConditionalGeneration:
+    """A BART-shaped DynMask seq2seq model of the seq2seq tests' tiny sizes, random weights, dynamic masking."""
+    from .test_modeling_dynmask_seq2seq import stock_model
 
     config = DynMaskSeq2SeqConfig.from_dict({**stock_model("bart").config.to_dict(), "masking": "dynamic"})
     torch.manual_seed(0)
-    model = DynMaskSeq2SeqForConditionalGeneration(config)
-    model.train()
+    return DynMaskSeq2SeqForConditionalGeneration(config)
+
+
+def test_seq2seq_compiles_to_the_eager_loss_and_gradients():
+    """The DynMask seq2seq family under torch.compile, dynamic and packed batches: eager's loss and gradients."""
+    from .test_modeling_dynmask_seq2seq import collate, pair_tokens
+
+    model = tiny_seq2seq().train()
     compiled = torch.compile(model, backend="aot_eager")
     for layout, pairs in (("dynamic", [(5, 4), (17, 2), (3, 7)]), ("packed", [(9, 1), (4, 6)])):
-        batch = collate(model, pair_tokens("bart", pairs), layout)
-        eager = model(**batch)
-        eager.loss.backward()
-        expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-        model.zero_grad(set_to_none=True)
-        got = compiled(**batch)
-        got.loss.backward()
-        torch.testing.assert_close(got.loss, eager.loss, atol=1e-6, rtol=0)
-        for name, p in model.named_parameters():
-            if name in expected:
-                torch.testing.assert_close(p.grad, expected[name], atol=1e-5, rtol=1e-4, msg=name)
-        model.zero_grad(set_to_none=True)
+        assert_step_as_eager(model, compiled, collate(model, pair_tokens("bart", pairs), layout), logits=False)
 
 
 def test_seq2seq_recompiles_stay_bounded_over_new_lengths():
     """Packed pairs of 12 new shapes: every frame compiles a bounded number of times, below dynamo's recompile limit
     (past it a frame runs eager). The batch contract and the attention plans run outside the graphs (one break per
     call) and hand over plans of at most two structures per attention (encoder, decoder, cross), so the decoder's
-    graph has at most four plan combinations (seven compiles of it here). Was: a recompile for every new plan, until
-    the limit."""
-    from .test_modeling_dynmask_seq2seq import collate, pair_tokens, stock_model
+    graph has at most four plan combinations (no frame compiles more than four times here). Was: a recompile for
+    every new plan, until the limit."""
+    from .test_modeling_dynmask_seq2seq import collate, pair_tokens
 
-    config = DynMaskSeq2SeqConfig.from_dict({**stock_model("bart").config.to_dict(), "masking": "dynamic"})
-    torch.manual_seed(0)
-    model = DynMaskSeq2SeqForConditionalGeneration(config).eval()
+    model = tiny_seq2seq().eval()
     compiled = torch.compile(model, backend="aot_eager")
     rng = random.Random(0)
     with torch.no_grad():
