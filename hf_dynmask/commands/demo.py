@@ -175,15 +175,30 @@ class DemoSettings:
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 8000) -> Any:
-    """A lower-cased BERT-style WordPiece tokenizer trained offline on ``texts`` (``[CLS] text [SEP]``)."""
+    """A lower-cased BERT-style WordPiece tokenizer trained offline on ``texts`` (``[CLS] text [SEP]``).
+
+    The same texts give the same vocabulary in every process. tokenizers' trainer numbers the ``##`` continuation
+    tokens in hash-map order and breaks ties between equally frequent merges by those numbers, so its vocabulary
+    changes from run to run (huggingface/tokenizers#1794); naming every ``##`` character up front, as special tokens
+    of the training, fixes their numbers. The tokenizer is then rebuilt from the trained vocabulary, with only the
+    five real special tokens.
+    """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = (word for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    continuations = ["##" + char for char in sorted({char for word in words for char in word[1:]})]
+    scratch = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    scratch.normalizer, scratch.pre_tokenizer = normalizer, pre_tokenizer
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=specials + continuations, show_progress=False
+    )
+    scratch.train_from_iterator(texts, trainer)
+    backend = Tokenizer(models.WordPiece(scratch.get_vocab(with_added_tokens=False), unk_token="[UNK]"))
+    backend.normalizer, backend.pre_tokenizer = normalizer, pre_tokenizer
+    backend.add_special_tokens(specials)
     cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

@@ -30,7 +30,7 @@ def test_trains_and_evaluates_as_stock(scripts, clm_runs):
     assert stock.model.config._attn_implementation == "sdpa"
     scripts.assert_same_run(dynmask, stock, clm_runs.steps, exact_metrics=("eval_accuracy",))
     assert math.isclose(dynmask.metrics["perplexity"], stock.metrics["perplexity"], rel_tol=1e-5)
-    scripts.assert_same_parameters(dynmask.model, stock.model, atol=1e-6)
+    scripts.assert_same_parameters(dynmask.model, stock.model, atol=scripts.TRAINED_ATOL)
 
 
 #: A stand-in for run_clm.py and TRL's sft.py that never imports hf_dynmask: the acceptance suite's re-written

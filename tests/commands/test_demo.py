@@ -181,3 +181,14 @@ def test_the_readmes_demo_run_from_the_checkout_writes_to_an_ignored_folder(monk
         cli.main(["demo", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "./hf_dynmask_demo, except inside a git checkout whose .gitignore" in help_text
+
+
+#: Words sharing many equally frequent pairs: tokenizers' own trainer picks among the tied merges in hash-map order,
+#: which changed the vocabulary from one training to the next (huggingface/tokenizers#1794).
+TIED_TEXTS = [" ".join(f"{a}{b}{c}{d}" for a in "pqrs" for b in "aeiou" for c in "tkln" for d in "yz")] * 2
+
+
+def test_the_trained_tokenizer_is_the_same_every_time():
+    vocabularies = {json.dumps(sorted(demo.train_tokenizer(TIED_TEXTS, vocab_size=150).get_vocab().items()))
+                    for _ in range(4)}  # fmt: skip
+    assert len(vocabularies) == 1
