@@ -348,7 +348,7 @@ class TakeTurns:
             self._condition.notify_all()
 
 
-class _TimeTraining(TrainerCallback):
+class TimeTraining(TrainerCallback):
     """Times a Trainer's ``train()`` on its thread (evaluations apart) and, given turns, passes the turn on after
     every optimizer step."""
 
@@ -405,7 +405,7 @@ def _common_arguments(args: argparse.Namespace, output_dir: Path, steps_per_epoc
 _NOT_SCORES = ("epoch", "runtime", "samples_per_second", "steps_per_second")
 
 
-def _run(trainer: Any, timer: _TimeTraining) -> dict[str, Any]:
+def _run(trainer: Any, timer: TimeTraining) -> dict[str, Any]:
     """Train (with per-epoch evaluations), then read the timing, memory and curves out of the Trainer."""
     trainer.add_callback(timer)
     timer.time_evaluations(trainer)
@@ -652,7 +652,7 @@ def run_modes(args: argparse.Namespace, seed: int, scratch: Path, **shared: Any)
             turns.wait(mode)
         try:
             torch.set_num_threads(args.threads)
-            timer = _TimeTraining(mode, turns)
+            timer = TimeTraining(mode, turns)
             results[mode] = runner(args, seed=seed, timer=timer, output_dir=root / f"{mode}{suffix}", **shared)
         except BaseException as error:  # re-raised on the main thread below
             errors.append(error)

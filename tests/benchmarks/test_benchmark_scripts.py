@@ -49,3 +49,24 @@ def test_attention_calls_runs_and_counts(tmp_path):
     assert results["dynmask_packed[1]"]["aten_ops_per_step"] <= results["dynmask_packed[2]"]["aten_ops_per_step"]
     assert results["dynmask_packed[2]"]["aten_ops_per_step"] <= results["dynmask_packed[none]"]["aten_ops_per_step"]
     assert report["settings"]["data_dir"] == "../shared/data"
+
+
+@pytest.mark.skipif(not (DATA / "ntrex_en_de").exists(), reason="needs ../shared/data/ntrex_en_de")
+def test_seq2seq_benchmark_interleaved_trains_as_sequential(tmp_path):
+    """bench_seq2seq.py's modes taking turns of one step train as they do one after another (same loss curves), and
+    the comparison with group_by_length reads CPU time."""
+    bench = load("bench_seq2seq")
+    tiny = ["--dataset", "ntrex_en_de", "--max-examples", "40", "--eval-examples", "2", "--modes",
+            "hf_grouped,dynamic,packed", "--d-model", "32", "--ffn", "64", "--layers", "1", "--vocab-size", "300",
+            "--logging-steps", "1"]  # fmt: skip
+    interleaved = bench.main([*tiny, "--json", str(tmp_path / "i.json")])
+    sequential = bench.main([*tiny, "--schedule", "sequential", "--json", str(tmp_path / "s.json")])
+    for mode in ("hf_grouped", "dynamic", "packed"):
+        ours, alone = interleaved["results"][mode], sequential["results"][mode]
+        assert len(ours["loss_curve"]) == 3 and ours["loss_curve"] == alone["loss_curve"], mode
+        assert ours["train_cpu_seconds"] > 0 and ours["peak_memory_mib"] is None and alone["peak_memory_mib"] >= 0
+    assert interleaved["results"]["dynamic"]["loss_curve"] == interleaved["results"]["packed"]["loss_curve"]
+    speed = interleaved["packed_vs_hf_grouped"]
+    grouped, packed = (interleaved["results"][m]["real_tokens_per_cpu_second"] for m in ("hf_grouped", "packed"))
+    assert speed["speed"] == pytest.approx(packed / grouped) and speed["memory"] is None
+    assert interleaved["settings"]["schedule"] == "interleaved"
