@@ -53,7 +53,7 @@ from hf_dynmask.commands.timing import portable_path
 from hf_dynmask.modeling.input_checks import IGNORE_INDEX
 
 sys.path.insert(0, str(Path(__file__).parent))
-from finetune import TakeTurns, TimeTraining  # noqa: E402  (the interleaved schedule and its clocks)
+from finetune import TakeTurns, TimeTraining, allocator  # noqa: E402  (the interleaved schedule, its clocks)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
@@ -398,6 +398,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_affinity": affinity,
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "allocator": allocator(),
         "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
         "dtype": "float32",
     }

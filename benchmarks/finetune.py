@@ -281,9 +281,20 @@ def environment() -> dict[str, Any]:
         "pinned_cores": affinity,
         "torch_threads": torch.get_num_threads(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "allocator": allocator(),
         "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
         "dtype": "float32",
     }
+
+
+def allocator() -> dict[str, str]:
+    """The memory allocator's settings from the environment: a preloaded library (jemalloc, tcmalloc; its file name)
+    and glibc's ``MALLOC_*`` tunables; empty for glibc's defaults. Packed batches change size every step, so on CPU
+    the allocator moves the timings (BENCHMARKS.md, "The allocator")."""
+    found = {name: value for name, value in os.environ.items() if name.startswith("MALLOC_")}
+    if os.environ.get("LD_PRELOAD"):
+        found["LD_PRELOAD"] = " ".join(Path(part).name for part in os.environ["LD_PRELOAD"].split())
+    return found
 
 
 # --------------------------------------------------------------------------------------------------------------------
