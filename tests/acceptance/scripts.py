@@ -714,8 +714,8 @@ def run_summarization(
     generation_max_length: int = 12,
     num_beams: int = 2,
 ) -> Prepared:
-    """run_summarization.py on scitldr_a (abstract -> TLDR). Upstream scores ROUGE (``rouge_score`` and ``nltk``,
-    not installed here): chrF (sacrebleu) stands in; the comparison is of equal generations either way."""
+    """run_summarization.py on scitldr_a (abstract -> TLDR). Upstream scores ROUGE through ``evaluate`` (which would
+    fetch its metric script from the Hub): chrF (sacrebleu) stands in; the comparison is of equal generations."""
     return _seq2seq(
         "run_summarization",
         folder,

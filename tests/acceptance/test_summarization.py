@@ -4,7 +4,7 @@ scitldr_a (abstract -> one-sentence TLDR), a WordPiece tokenizer trained on it, 
 seq2seq folder saved from it, dropout 0, the same seed, the script's ``DataCollatorForSeq2Seq(model=model)`` and
 ``Seq2SeqTrainer`` with ``--predict_with_generate``: the loss at every logged step within 1e-5 of stock's, the
 parameters after 3 steps and the saved weights within ``TRAINED_ATOL`` (1e-5), the same generated summaries and
-score (chrF stands in for upstream's ROUGE, whose ``rouge_score`` package is not installed here). The saved folder
+score (chrF stands in for upstream's ROUGE, which ``evaluate`` would fetch from the Hub). The saved folder
 is reloaded without the plugin in ``test_reload.py``.
 """
 
