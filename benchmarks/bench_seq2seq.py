@@ -41,7 +41,6 @@ import platform
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -429,7 +428,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
         label = f"{bar.get_height():.0f}" + (f"\n{memory:.0f} MiB" if memory is not None else "")
         speed.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
     speed.set_ylabel("real tokens / CPU second (training)")
-    speed.set_title("speed" + (" (peak memory rise above the bars)" if report["settings"]["schedule"] == "sequential" else ""))
+    speed.set_title(
+        "speed" + (" (peak memory rise above the bars)" if report["settings"]["schedule"] == "sequential" else "")
+    )
     speed.tick_params(axis="x", rotation=20)
     speed.set_ylim(0, max(speeds) * 1.25)
     fig.tight_layout()
