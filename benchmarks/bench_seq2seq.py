@@ -40,7 +40,6 @@ import os
 import platform
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,7 @@ from hf_dynmask.commands.timing import portable_path
 from hf_dynmask.modeling.input_checks import IGNORE_INDEX
 
 sys.path.insert(0, str(Path(__file__).parent))
-from finetune import TakeTurns, TimeTraining, allocator  # noqa: E402  (the interleaved schedule, its clocks)
+from finetune import TakeTurns, TimeTraining, allocator, run_in_turns  # noqa: E402  (the interleaved schedule)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
@@ -301,37 +300,14 @@ def run_mode(
 def run_modes(args, **shared: Any) -> dict[str, dict[str, Any]]:
     """Every mode once: on one thread each, taking turns of one optimizer step (``--schedule interleaved``; a mode
     keeps the turn through its evaluation, which is not timed), or one after another (``sequential``)."""
-    turns = TakeTurns(args.modes) if args.schedule == "interleaved" else None
-    results: dict[str, dict[str, Any]] = {}
-    errors: list[BaseException] = []
 
-    def train(mode: str) -> None:
-        if turns is not None:
-            turns.wait(mode)
-        try:
-            torch.set_num_threads(args.threads)
-            results[mode] = run_mode(args, mode, turns=turns, **shared)
-            print(json.dumps({k: v for k, v in results[mode].items() if k != "loss_curve"}), flush=True)
-        except BaseException as error:  # re-raised on the main thread below
-            errors.append(error)
-        finally:
-            if turns is not None:
-                turns.pass_on(mode, done=True)
+    def train(mode: str, turns: TakeTurns | None) -> dict[str, Any]:
+        torch.set_num_threads(args.threads)
+        result = run_mode(args, mode, turns=turns, **shared)
+        print(json.dumps({k: v for k, v in result.items() if k != "loss_curve"}), flush=True)
+        return result
 
-    if turns is None:
-        for mode in args.modes:
-            train(mode)
-            if errors:
-                break
-    else:
-        threads = [threading.Thread(target=train, args=(mode,), name=f"seq2seq-{mode}") for mode in args.modes]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    if errors:
-        raise errors[0]
-    return {mode: results[mode] for mode in args.modes}
+    return run_in_turns(args.modes, args.schedule == "interleaved", train, "seq2seq")
 
 
 @torch.no_grad()

@@ -53,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -648,43 +649,57 @@ def over_seeds(runs: list[dict[str, Any]], task: Task) -> dict[str, Any]:
     return summary
 
 
-def run_modes(args: argparse.Namespace, seed: int, scratch: Path, **shared: Any) -> dict[str, dict[str, Any]]:
-    """Every mode of ``args.modes`` once with ``seed``: on one thread each, taking turns of one optimizer step
-    (``--schedule interleaved``), or one after another (``sequential``). Returns the results in mode order."""
-    turns = TakeTurns(args.modes) if args.schedule == "interleaved" else None
+def run_in_turns(
+    names: list[str], interleaved: bool, run: Callable[[str, TakeTurns | None], dict[str, Any]], thread_prefix: str
+) -> dict[str, dict[str, Any]]:
+    """``run(name, turns)`` for every name: on one thread each, taking turns (``interleaved``: ``run`` passes the
+    turn on after each optimizer step, with :class:`TimeTraining`, and keeps it through anything untimed), or one
+    after another (``turns`` is None). The first error is raised on the calling thread. Returns the results in
+    ``names`` order."""
+    turns = TakeTurns(names) if interleaved else None
     results: dict[str, dict[str, Any]] = {}
     errors: list[BaseException] = []
-    root = args.output_dir if args.output_dir is not None else scratch
-    suffix = f"-seed{seed}" if len(args.seeds) > 1 else ""
 
-    def train(mode: str) -> None:
-        runner = train_hf_grouped if mode == "hf_grouped" else partial(train_mode, mode=mode)
+    def one(name: str) -> None:
         if turns is not None:
-            turns.wait(mode)
+            turns.wait(name)
         try:
-            torch.set_num_threads(args.threads)
-            timer = TimeTraining(mode, turns)
-            results[mode] = runner(args, seed=seed, timer=timer, output_dir=root / f"{mode}{suffix}", **shared)
-        except BaseException as error:  # re-raised on the main thread below
+            results[name] = run(name, turns)
+        except BaseException as error:  # re-raised on the calling thread below
             errors.append(error)
         finally:
             if turns is not None:
-                turns.pass_on(mode, done=True)
+                turns.pass_on(name, done=True)
 
     if turns is None:
-        for mode in args.modes:
-            train(mode)
+        for name in names:
+            one(name)
             if errors:
                 break
     else:
-        threads = [threading.Thread(target=train, args=(mode,), name=f"finetune-{mode}") for mode in args.modes]
+        threads = [threading.Thread(target=one, args=(name,), name=f"{thread_prefix}-{name}") for name in names]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
     if errors:
         raise errors[0]
-    results = {mode: results[mode] for mode in args.modes}
+    return {name: results[name] for name in names}
+
+
+def run_modes(args: argparse.Namespace, seed: int, scratch: Path, **shared: Any) -> dict[str, dict[str, Any]]:
+    """Every mode of ``args.modes`` once with ``seed``: on one thread each, taking turns of one optimizer step
+    (``--schedule interleaved``), or one after another (``sequential``). Returns the results in mode order."""
+    root = args.output_dir if args.output_dir is not None else scratch
+    suffix = f"-seed{seed}" if len(args.seeds) > 1 else ""
+
+    def train(mode: str, turns: TakeTurns | None) -> dict[str, Any]:
+        runner = train_hf_grouped if mode == "hf_grouped" else partial(train_mode, mode=mode)
+        torch.set_num_threads(args.threads)
+        timer = TimeTraining(mode, turns)
+        return runner(args, seed=seed, timer=timer, output_dir=root / f"{mode}{suffix}", **shared)
+
+    results = run_in_turns(args.modes, args.schedule == "interleaved", train, "finetune")
     add_speedups(results)
     return results
 
