@@ -1,10 +1,12 @@
 """How much padding transformers' ``group_by_length`` leaves, so how much any padding-free method can gain over it.
 
-For each short-text fine-tune task, the training split is tokenized with MiniLM's tokenizer (truncated at the
-recipe's max length, as ``finetune.py`` does) and ordered with transformers' own ``get_length_grouped_indices`` (what
-``Trainer(train_sampling_strategy="group_by_length")`` samples) into batches of 32, for three seeds. Printed per
-task: the padding fraction of those batches and the token-proportional limit ``padded tokens / real tokens``: the
-largest speed-up that doing only real-token work can give over ``group_by_length`` at the same cost per token.
+For each fine-tune task, the training split is tokenized with MiniLM's tokenizer (truncated at the recipe's max
+length, as ``finetune.py`` does; squad_v1 cut into the recipe's windows of 384 tokens with a stride of 128 by
+``hf_dynmask.prepare_dataset``, as ``finetune.py`` does) and ordered with transformers' own
+``get_length_grouped_indices`` (what ``Trainer(train_sampling_strategy="group_by_length")`` samples) into batches
+of 32, for three seeds. Printed per task: the padding fraction of those batches and the token-proportional limit
+``padded tokens / real tokens``: the largest speed-up that doing only real-token work can give over
+``group_by_length`` at the same cost per token.
 
     python benchmarks/grouped_padding.py
 """
@@ -19,12 +21,28 @@ from transformers import AutoTokenizer
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TASKS = {"banking77": ("banking77", 64), "ud_pos": ("ud_ewt_pos", 96), "wnut17": ("wnut17_ner", 64)}
+TASKS = {
+    "banking77": ("banking77", 64),
+    "ud_pos": ("ud_ewt_pos", 96),
+    "wnut17": ("wnut17_ner", 64),
+    "squad": ("squad_v1", 384),
+}
+SQUAD_DOC_STRIDE = 128
 BATCH_SIZE = 32
 
 
 def lengths(tokenizer, folder: str, max_length: int) -> list[int]:
     rows = [json.loads(line) for line in (DATA / folder / "train.jsonl").read_text().splitlines() if line.strip()]
+    if folder == "squad_v1":  # one feature per window of the context, as the fine-tune trains on
+        from datasets import Dataset
+
+        from hf_dynmask import prepare_dataset
+
+        dataset = Dataset.from_list(rows)
+        windows = prepare_dataset(
+            dataset, tokenizer, "question-answering", max_length=max_length, doc_stride=SQUAD_DOC_STRIDE
+        )
+        return list(windows["length"])
     if "tokens" in rows[0]:
         encoded = tokenizer([row["tokens"] for row in rows], is_split_into_words=True)["input_ids"]
     else:
