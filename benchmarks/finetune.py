@@ -8,8 +8,11 @@ real tokens per second, the loss curve, and its time relative to ``static`` and 
 The modes run **interleaved** (``--schedule interleaved``, the default): each trains on its own thread, and the threads
 take turns of one optimizer step, so only one computes at a time and a slow or busy stretch of the machine falls on
 every mode alike (:class:`TakeTurns`). Each mode keeps its own random state across the turns, so it draws the same
-dropout masks and batch order as it would alone. ``--schedule sequential`` runs one mode after another instead and
-adds each mode's peak resident memory (interleaved runs hold every model at once, so only the total is measured).
+dropout masks and batch order as it would alone. ``--schedule processes`` takes turns the same way with each mode in
+a process of its own, training on that process's main thread with an allocator of its own, as a user's run does
+(:func:`run_in_processes`; each mode's process peak RSS is reported). ``--schedule sequential`` runs one mode after
+another instead and adds each mode's peak resident memory (interleaved runs hold every model at once, so only the
+total is measured).
 ``--seeds 0,1,2`` repeats the whole comparison per seed and reports each score's mean and standard deviation.
 
     task        data (../shared/data)  head                     metrics (validation split)
@@ -83,7 +86,7 @@ DATA = REPO.parent / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
 BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MODES = ("static", "dynamic", "packed", "hf_grouped")
-SCHEDULES = ("interleaved", "sequential")
+SCHEDULES = ("interleaved", "processes", "sequential")
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--schedule", choices=SCHEDULES, default="interleaved", help="how the modes share the CPU")
     parser.add_argument("--output-dir", type=Path, default=None, help="keep each mode's model and model card here")
     parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/finetune_<task>.json")
+    # --schedule processes: what the parent hands each child process (one mode, one seed); not for users
+    parser.add_argument("--child-result", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-turn-fds", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-output-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     recipe = RECIPES[args.task]
     for name, value in asdict(recipe).items():
@@ -360,6 +367,26 @@ class TakeTurns:
             self._condition.notify_all()
 
 
+class PipeTurns:
+    """:class:`TakeTurns` for a training in a child process (``--schedule processes``): the parent holds the order
+    (:func:`run_in_processes`); ``wait`` blocks until it writes ``go`` on this child's pipe, ``pass_on`` answers
+    ``step`` (or ``done``). Each process has its own random state, so there is nothing to put back."""
+
+    own_process = True
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self._read = os.fdopen(read_fd, "r")
+        self._write = os.fdopen(write_fd, "w")
+
+    def wait(self, name: str) -> None:
+        if self._read.readline().strip() != "go":
+            raise RuntimeError(f"{name}: the parent process stopped handing out turns")
+
+    def pass_on(self, name: str, done: bool = False) -> None:
+        self._write.write("done\n" if done else "step\n")
+        self._write.flush()
+
+
 class TimeTraining(TrainerCallback):
     """Times a Trainer's ``train()`` on its thread (evaluations apart) and, given turns, passes the turn on after
     every optimizer step."""
@@ -421,6 +448,7 @@ def _run(trainer: Any, timer: TimeTraining) -> dict[str, Any]:
     """Train (with per-epoch evaluations), then read the timing, memory and curves out of the Trainer."""
     trainer.add_callback(timer)
     timer.time_evaluations(trainer)
+    # Peak memory only when alone: in --schedule processes PeakRSS's sampling thread would take the others' turns
     sequential = timer.turns is None
     if sequential:
         release_freed_memory()
@@ -687,19 +715,92 @@ def run_in_turns(
     return {name: results[name] for name in names}
 
 
-def run_modes(args: argparse.Namespace, seed: int, scratch: Path, **shared: Any) -> dict[str, dict[str, Any]]:
+def run_in_processes(names: list[str], child_command: Callable[[str, Path, int, int], list[str]], work: Path):
+    """Each name in a child process of its own (``child_command(name, result_json, read_fd, write_fd)``: its command
+    line), the children taking turns of one optimizer step in ``names`` order through a pair of pipes each
+    (:class:`PipeTurns`). Returns each child's result JSON, in ``names`` order.
+
+    As with threads, only one computes at a time; unlike threads, each trains on its process's main thread with an
+    allocator of its own, as a user's training does (a thread has its own glibc arena, and how the arena hands
+    memory back depends on what else the process holds)."""
+    children = {}
+    try:
+        for name in names:
+            to_child, from_parent = os.pipe()
+            to_parent, from_child = os.pipe()
+            result = work / f"{name}.json"
+            command = child_command(name, result, to_child, from_child)
+            process = subprocess.Popen(command, pass_fds=(to_child, from_child))
+            os.close(to_child)
+            os.close(from_child)
+            children[name] = (process, os.fdopen(from_parent, "w"), os.fdopen(to_parent, "r"), result)
+        active = list(names)
+        while active:
+            for name in list(active):
+                process, send, receive, _ = children[name]
+                send.write("go\n")
+                send.flush()
+                answer = receive.readline().strip()
+                if answer != "step":
+                    active.remove(name)
+                if answer not in ("step", "done"):
+                    raise RuntimeError(f"{name}: its process ended without finishing (exit code {process.wait()})")
+        for name in names:
+            if children[name][0].wait() != 0:
+                raise RuntimeError(f"{name}: its process failed (exit code {children[name][0].returncode})")
+        return {name: json.loads(children[name][3].read_text()) for name in names}
+    finally:
+        for process, send, receive, _ in children.values():
+            send.close()
+            receive.close()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def run_modes(
+    args: argparse.Namespace, seed: int, scratch: Path, argv: list[str] | None = None, **shared: Any
+) -> dict[str, dict[str, Any]]:
     """Every mode of ``args.modes`` once with ``seed``: on one thread each, taking turns of one optimizer step
-    (``--schedule interleaved``), or one after another (``sequential``). Returns the results in mode order."""
+    (``--schedule interleaved``), in one process each taking turns the same way (``processes``: ``argv`` is the
+    command line to hand them), or one after another (``sequential``). Returns the results in mode order."""
     root = args.output_dir if args.output_dir is not None else scratch
     suffix = f"-seed{seed}" if len(args.seeds) > 1 else ""
 
-    def train(mode: str, turns: TakeTurns | None) -> dict[str, Any]:
+    def train(mode: str, turns: TakeTurns | PipeTurns | None) -> dict[str, Any]:
         runner = train_hf_grouped if mode == "hf_grouped" else partial(train_mode, mode=mode)
         torch.set_num_threads(args.threads)
         timer = TimeTraining(mode, turns)
-        return runner(args, seed=seed, timer=timer, output_dir=root / f"{mode}{suffix}", **shared)
+        output_dir = args.child_output_dir or root / f"{mode}{suffix}"
+        return runner(args, seed=seed, timer=timer, output_dir=output_dir, **shared)
 
-    results = run_in_turns(args.modes, args.schedule == "interleaved", train, "finetune")
+    if args.child_result is not None:  # a child of --schedule processes: one mode, its turns from the parent
+        read_fd, write_fd = (int(fd) for fd in args.child_turn_fds.split(","))
+        turns = PipeTurns(read_fd, write_fd)
+        (mode,) = args.modes
+        turns.wait(mode)
+        try:
+            result = train(mode, turns)
+        finally:
+            turns.pass_on(mode, done=True)
+        result["process_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        args.child_result.write_text(json.dumps(result))
+        return {mode: result}
+    if args.schedule == "processes":
+        script = str(Path(__file__).resolve())
+        given = list(argv if argv is not None else sys.argv[1:])
+
+        def child_command(mode: str, result: Path, read_fd: int, write_fd: int) -> list[str]:
+            return [
+                sys.executable, script, *given, "--modes", mode, "--seeds", str(seed), "--schedule", "sequential",
+                "--child-result", str(result), "--child-turn-fds", f"{read_fd},{write_fd}",
+                "--child-output-dir", str(root / f"{mode}{suffix}"),
+            ]  # fmt: skip
+
+        with tempfile.TemporaryDirectory() as work:
+            results = run_in_processes(args.modes, child_command, Path(work))
+    else:
+        results = run_in_turns(args.modes, args.schedule == "interleaved", train, "finetune")
     add_speedups(results)
     return results
 
@@ -729,7 +830,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "command": command,
         "environment": environment(),
-        "settings": {k: portable_path(v, REPO) if k in paths else v for k, v in vars(args).items()},
+        "settings": {
+            k: portable_path(v, REPO) if k in paths else v for k, v in vars(args).items() if not k.startswith("child_")
+        },
         "data": {
             "train_examples": len(raw_train),
             "train_features": len(train_set),
@@ -752,7 +855,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
         for seed in args.seeds:
-            results = run_modes(args, seed, Path(scratch), **shared)
+            results = run_modes(args, seed, Path(scratch), argv=argv, **shared)
+            if args.child_result is not None:  # a child of --schedule processes: its parent writes the report
+                return {"results": results}
             for result in results.values():
                 brief = {k: v for k, v in result.items() if k not in ("loss_curve", "eval_per_epoch")}
                 logger.info("seed %d: %s", seed, json.dumps(brief))

@@ -97,17 +97,24 @@ def test_finetune_every_mode(finetune, tiny_bert, tmp_path, task):
 
 
 def test_interleaved_runs_train_as_sequential_runs(finetune, tiny_bert, tmp_path):
-    """Taking turns changes the timing only: each mode keeps its own random state (dropout, batch order), so the
-    losses equal one mode after another, and every seed is reported with its mean and spread."""
+    """Taking turns changes the timing only, on threads of one process or in a process per mode: each mode keeps its
+    own random state (dropout, batch order), so the losses equal one mode after another, and every seed is reported
+    with its mean and spread."""
     if not (DATA / "banking77").exists():
         pytest.skip("banking77 not available")
     argv = ["--task", "banking77", "--modes", "dynamic,packed,hf_grouped", "--model-dir", tiny_bert]
     argv += ["--max-examples", "8", "--eval-examples", "4", "--epochs", "1", "--batch-size", "4"]
     interleaved = finetune.main([*argv, "--seeds", "0,1", "--json", str(tmp_path / "i.json")])
     sequential = finetune.main([*argv, "--schedule", "sequential", "--json", str(tmp_path / "s.json")])
+    processes = finetune.main([*argv, "--schedule", "processes", "--json", str(tmp_path / "p.json")])
     for mode in ("dynamic", "packed", "hf_grouped"):
         assert interleaved["results"][mode]["loss_curve"] == sequential["results"][mode]["loss_curve"], mode
+        assert processes["results"][mode]["loss_curve"] == sequential["results"][mode]["loss_curve"], mode
         assert sequential["results"][mode]["peak_rss_rise_mib"] >= 0  # measured per mode when sequential
+        assert processes["results"][mode]["process_peak_rss_mib"] > 0  # each mode's own process
+        assert processes["results"][mode]["train_cpu_seconds"] > 0
+    assert json.loads((tmp_path / "p.json").read_text())["settings"]["schedule"] == "processes"
+    assert not any(key.startswith("child") for key in processes["settings"])  # the parent's report, not a child's
     other = interleaved["other_seeds"][0]
     assert (
         other["seed"] == 1
@@ -162,3 +169,46 @@ def test_mlm_masking_static_and_dynamic(tiny_bert, tmp_path):
     for masking in ("static", "dynamic"):
         assert "accuracy" in report["downstream"][masking]["eval"]
         assert "<" in report["downstream"][masking]["command"]  # the scratch checkpoint path is not recorded
+
+
+CHILD = """
+import json, os, sys
+name, steps, result, log = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[6]
+receive, send = os.fdopen(int(sys.argv[4])), os.fdopen(int(sys.argv[5]), "w")
+if steps < 0:  # dies before its first turn
+    sys.exit(3)
+for step in range(steps):
+    assert receive.readline().strip() == "go"
+    with open(log, "a") as out:
+        out.write(name + "\\n")
+    send.write("step\\n" if step < steps - 1 else "done\\n")
+    send.flush()
+json.dump({"steps": steps}, open(result, "w"))
+"""
+
+
+def test_processes_take_turns_of_one_step_and_a_failed_one_is_reported(finetune, tmp_path):
+    """``--schedule processes``: the parent hands out one turn at a time in mode order until each child says done, and
+    a child that dies without finishing stops the run with its name instead of leaving the others waiting."""
+    log = tmp_path / "turns.log"
+    steps = {"a": 3, "b": 1, "c": 2}
+
+    def command(name, result, read_fd, write_fd):
+        return [
+            sys.executable,
+            "-c",
+            CHILD,
+            name,
+            str(steps[name]),
+            str(result),
+            str(read_fd),
+            str(write_fd),
+            str(log),
+        ]
+
+    results = finetune.run_in_processes(list(steps), command, tmp_path)
+    assert results == {name: {"steps": count} for name, count in steps.items()}
+    assert log.read_text().split() == ["a", "b", "c", "a", "c", "a"]
+    steps["b"] = -1
+    with pytest.raises(RuntimeError, match="b: its process ended without finishing"):
+        finetune.run_in_processes(list(steps), command, tmp_path)
