@@ -378,6 +378,11 @@ class PipeTurns:
         self._read = os.fdopen(read_fd, "r")
         self._write = os.fdopen(write_fd, "w")
 
+    def ready(self) -> None:
+        """Tell the parent this child has prepared its data: no turn is handed out before every child has."""
+        self._write.write("ready\n")
+        self._write.flush()
+
     def wait(self, name: str) -> None:
         if self._read.readline().strip() != "go":
             raise RuntimeError(f"{name}: the parent process stopped handing out turns")
@@ -718,7 +723,8 @@ def run_in_turns(
 def run_in_processes(names: list[str], child_command: Callable[[str, Path, int, int], list[str]], work: Path):
     """Each name in a child process of its own (``child_command(name, result_json, read_fd, write_fd)``: its command
     line), the children taking turns of one optimizer step in ``names`` order through a pair of pipes each
-    (:class:`PipeTurns`). Returns each child's result JSON, in ``names`` order.
+    (:class:`PipeTurns`), once every child has said it is ready (its data prepared, so no child's start-up runs
+    beside another's turn). Returns each child's result JSON, in ``names`` order.
 
     As with threads, only one computes at a time; unlike threads, each trains on its process's main thread with an
     allocator of its own, as a user's training does (a thread has its own glibc arena, and how the arena hands
@@ -734,6 +740,10 @@ def run_in_processes(names: list[str], child_command: Callable[[str, Path, int, 
             os.close(to_child)
             os.close(from_child)
             children[name] = (process, os.fdopen(from_parent, "w"), os.fdopen(to_parent, "r"), result)
+        for name in names:
+            process, _, receive, _ = children[name]
+            if receive.readline().strip() != "ready":
+                raise RuntimeError(f"{name}: its process ended before it was ready (exit code {process.wait()})")
         active = list(names)
         while active:
             for name in list(active):
@@ -778,6 +788,7 @@ def run_modes(
         read_fd, write_fd = (int(fd) for fd in args.child_turn_fds.split(","))
         turns = PipeTurns(read_fd, write_fd)
         (mode,) = args.modes
+        turns.ready()
         turns.wait(mode)
         try:
             result = train(mode, turns)

@@ -175,7 +175,11 @@ CHILD = """
 import json, os, sys
 name, steps, result, log = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[6]
 receive, send = os.fdopen(int(sys.argv[4])), os.fdopen(int(sys.argv[5]), "w")
-if steps < 0:  # dies before its first turn
+if steps < 0:  # dies before it is ready
+    sys.exit(3)
+send.write("ready\\n")
+send.flush()
+if steps == 0:  # dies before its first step
     sys.exit(3)
 for step in range(steps):
     assert receive.readline().strip() == "go"
@@ -210,5 +214,8 @@ def test_processes_take_turns_of_one_step_and_a_failed_one_is_reported(finetune,
     assert results == {name: {"steps": count} for name, count in steps.items()}
     assert log.read_text().split() == ["a", "b", "c", "a", "c", "a"]
     steps["b"] = -1
+    with pytest.raises(RuntimeError, match="b: its process ended before it was ready"):
+        finetune.run_in_processes(list(steps), command, tmp_path)
+    steps["b"] = 0
     with pytest.raises(RuntimeError, match="b: its process ended without finishing"):
         finetune.run_in_processes(list(steps), command, tmp_path)
