@@ -748,9 +748,12 @@ def run_in_processes(names: list[str], child_command: Callable[[str, Path, int, 
         while active:
             for name in list(active):
                 process, send, receive, _ = children[name]
-                send.write("go\n")
-                send.flush()
-                answer = receive.readline().strip()
+                try:
+                    send.write("go\n")
+                    send.flush()
+                    answer = receive.readline().strip()
+                except BrokenPipeError:  # it has died
+                    answer = ""
                 if answer != "step":
                     active.remove(name)
                 if answer not in ("step", "done"):
@@ -761,8 +764,11 @@ def run_in_processes(names: list[str], child_command: Callable[[str, Path, int, 
         return {name: json.loads(children[name][3].read_text()) for name in names}
     finally:
         for process, send, receive, _ in children.values():
-            send.close()
-            receive.close()
+            for pipe in (send, receive):
+                try:
+                    pipe.close()
+                except OSError:  # a "go" still buffered for a child that has died
+                    pass
             if process.poll() is None:
                 process.kill()
                 process.wait()
