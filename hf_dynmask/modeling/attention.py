@@ -751,7 +751,9 @@ def varlen_attention_forward(
         raise ValueError(
             f"{type(module).__name__} runs attn_implementation='dynmask_varlen' but its model never checked the "
             "batch: load the model with attn_implementation='dynmask_varlen' (after import hf_dynmask), or call "
-            "model.set_attn_implementation('dynmask_varlen'), instead of setting config._attn_implementation"
+            "model.set_attn_implementation('dynmask_varlen'), instead of setting config._attn_implementation (or "
+            "building another model with dynmask_varlen from this model's config object: give each model its own "
+            "config, copy.deepcopy(config))"
         )
     is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling

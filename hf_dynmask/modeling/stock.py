@@ -117,6 +117,8 @@ def install_load_check() -> bool:
         resolved = current(self, attn_implementation, is_init_check, *args, **kwargs)
         if resolved == ATTN_IMPLEMENTATION:
             prepare_stock_model(self)
+        else:
+            refuse_switching_a_shared_config(self, resolved)
         return resolved
 
     setattr(checked, _ORIGINAL, current)
@@ -145,6 +147,46 @@ def prepare_stock_model(model: torch.nn.Module) -> None:
     if _entry not in model._forward_pre_hooks.values():
         model.register_forward_pre_hook(_entry, with_kwargs=True)
         model.register_forward_hook(_mark_packed_output, with_kwargs=True)
+    _models_on_config(model.config, create=True).add(model)
+
+
+#: id(config) -> (the config, weakly; the stock models prepared for ``dynmask_varlen`` that hold it). transformers
+#: keeps a model's attention backend on its config object, and ``from_config`` does not copy the config it is given.
+_PREPARED: dict[int, tuple[weakref.ref, weakref.WeakSet]] = {}
+
+
+def _models_on_config(config: Any, create: bool = False) -> weakref.WeakSet:
+    entry = _PREPARED.get(id(config))
+    if entry is None or entry[0]() is not config:  # none yet, or a dead config's id reused
+        if not create:
+            return weakref.WeakSet()
+        for key in [key for key, (ref, _) in _PREPARED.items() if ref() is None]:
+            del _PREPARED[key]
+        entry = _PREPARED[id(config)] = (weakref.ref(config), weakref.WeakSet())
+    return entry[1]
+
+
+def refuse_switching_a_shared_config(model: torch.nn.Module, resolved: str) -> None:
+    """Refuse to give ``model`` another backend than ``dynmask_varlen`` on a config object that a model prepared for
+    ``dynmask_varlen`` holds (``AutoModel.from_config(config, attn_implementation="sdpa")`` after a model was made
+    from the same ``config`` with ``dynmask_varlen``): the backend lives on the config, so the earlier model would run
+    ``resolved`` from then on, and a packed batch would mix its sequences in families whose stock attention does not
+    keep them apart. ``model`` itself and its own sub-models may switch (``model.set_attn_implementation``)."""
+    others = [
+        other
+        for other in _models_on_config(model.config)
+        if other is not model and not any(module is other for module in model.modules())
+    ]
+    if others:
+        # from_config has already written the new backend on the config: put back what those models run on.
+        model.config._attn_implementation = ATTN_IMPLEMENTATION
+        raise ValueError(
+            f"this config object is the config of a {type(others[0]).__name__} loaded with attn_implementation="
+            f"'{ATTN_IMPLEMENTATION}', and transformers keeps the attention backend on the config: building "
+            f"{type(model).__name__} with attn_implementation={resolved!r} from it would switch that model to "
+            f"{resolved!r} too. Give each model its own config: copy.deepcopy(config) (or load each with "
+            "from_pretrained)"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -241,7 +283,11 @@ def _check_entry(model: torch.nn.Module, args: tuple, kwargs: dict, compiling: b
     """Describe the batch, refuse what is not exact, hand the layout and plan to the attention (under compile a plan
     of at most two structures, :func:`~.attention.compiled_plan`, so that one graph per structure serves every
     batch)."""
-    if kwargs.get("dynmask_layout") is not None or model.config._attn_implementation != ATTN_IMPLEMENTATION:
+    if kwargs.get("dynmask_layout") is not None:
+        return None
+    current = model.config._attn_implementation
+    if current != ATTN_IMPLEMENTATION:
+        _refuse_packed_boundaries(model, args, kwargs, current)
         return None
     _check_modules(model)
     refuse_unknown_arguments(kwargs, _known_arguments(model), type(model).__name__)
@@ -292,6 +338,21 @@ def _check_entry(model: torch.nn.Module, args: tuple, kwargs: dict, compiling: b
             else:
                 extra["position_ids"] = positions
     return args, {**kwargs, **extra}
+
+
+def _refuse_packed_boundaries(model: torch.nn.Module, args: tuple, kwargs: dict, current: str) -> None:
+    """A model prepared for ``dynmask_varlen`` that now runs another backend (``set_attn_implementation``, or its
+    config changed) runs every batch as stock does, except a packed row's boundaries: stock attention functions
+    ignore ``cu_seq_lens_*`` and ``seq_idx``, and some families would then mix the row's sequences."""
+    inputs = {**dict(zip(_positional_names(type(model)), args, strict=False)), **kwargs}
+    boundaries = [name for name in ("cu_seq_lens_q", "cu_seq_lens_k", "seq_idx") if inputs.get(name) is not None]
+    if boundaries:
+        raise ValueError(
+            f"a packed row ({', '.join(boundaries)}) for a {type(model).__name__} that now runs "
+            f"attn_implementation={current!r}, which ignores those boundaries: call "
+            f"model.set_attn_implementation('{ATTN_IMPLEMENTATION}') (and give each model its own config object), or "
+            "pass padded batches"
+        )
 
 
 @torch.compiler.disable

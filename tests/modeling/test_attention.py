@@ -255,6 +255,59 @@ def test_the_load_check_is_the_only_patch_and_can_be_undone():
     assert PreTrainedModel._check_and_adjust_attn_implementation.__dynmask_original__ is wrapped.__dynmask_original__
 
 
+DISTILBERT = {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64}
+
+
+def test_a_config_shared_with_a_dynmask_varlen_model_keeps_its_backend():
+    """transformers keeps the attention backend on the config object and ``from_config`` does not copy it: a second
+    model built from the same object with ``sdpa`` used to switch the first one too, which then ran a packed row
+    through stock DistilBERT attention and mixed its sequences (7.7e-3 from each sequence alone). Now the second model
+    is refused with what to do, a deep copy works, and the first model stays exact."""
+    import copy
+
+    config = AutoConfig.for_model("distilbert", **{**SMALL, **DISTILBERT})
+    torch.manual_seed(0)
+    model = AutoModel.from_config(config, attn_implementation="dynmask_varlen").eval()
+    with pytest.raises(ValueError, match=r"would switch that model to 'sdpa' too.*copy\.deepcopy\(config\)"):
+        AutoModel.from_config(config, attn_implementation="sdpa")
+    assert config._attn_implementation == "dynmask_varlen"
+    reference = AutoModel.from_config(copy.deepcopy(config), attn_implementation="eager").eval()
+    reference.load_state_dict(model.state_dict())
+    assert model.config._attn_implementation == "dynmask_varlen"
+    batch = packed_row([2, 3])
+    ids = batch["input_ids"]
+    with torch.no_grad():
+        packed = model(**batch).last_hidden_state
+        alone = torch.cat([reference(input_ids=ids[:, :2]).last_hidden_state,
+                           reference(input_ids=ids[:, 2:]).last_hidden_state], dim=1)  # fmt: skip
+    torch.testing.assert_close(packed, alone, rtol=0, atol=1e-6)
+
+
+def test_a_model_switched_off_dynmask_varlen_refuses_packed_rows():
+    """``set_attn_implementation`` on the model itself is allowed (its own sub-models follow), and it then runs padded
+    batches as stock does, but a packed row's boundaries, which stock attention ignores, are refused."""
+    model = stock_model("distilbert", **DISTILBERT)
+    model.set_attn_implementation("sdpa")
+    ids = torch.randint(3, 100, (1, 5))
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=torch.tensor([[1, 1, 1, 1, 0]]))
+        with pytest.raises(ValueError, match=r"packed row \(cu_seq_lens_q, cu_seq_lens_k\).*now runs "
+                           r"attn_implementation='sdpa'.*set_attn_implementation\('dynmask_varlen'\)"):  # fmt: skip
+            model(**packed_row([2, 3]))
+        model.set_attn_implementation("dynmask_varlen")
+        model(**packed_row([2, 3]))
+
+
+def test_a_dynmask_varlen_model_built_on_an_unchecked_models_config_names_the_cause():
+    """The other order: the first model (sdpa) is not prepared for dynmask_varlen, yet its config now says so; its
+    attention refuses to run and says how that can happen."""
+    config = AutoConfig.for_model("bert", **{**SMALL, "max_position_embeddings": 128})
+    first = AutoModel.from_config(config, attn_implementation="sdpa").eval()
+    AutoModel.from_config(config, attn_implementation="dynmask_varlen")
+    with pytest.raises(ValueError, match=r"never checked the batch.*copy\.deepcopy\(config\)"), torch.no_grad():
+        first(input_ids=torch.randint(3, 100, (1, 5)))
+
+
 def test_unknown_attention_arguments_are_refused():
     attention = stock_model("llama", num_key_value_heads=2).layers[0].self_attn
     q = torch.randn(1, 4, 5, 8)
