@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 __all__ = [
+    "PassTime",
     "PeakRSS",
+    "cpu_of",
     "peak_memory_mib",
     "portable_path",
     "progress_bar",
@@ -51,11 +53,28 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_once(model: torch.nn.Module, batches: list[dict[str, Any]], train: bool, device: torch.device) -> float:
+class PassTime(float):
+    """Wall seconds of one pass (a float: ``min`` and arithmetic work on it as on the wall time), carrying the CPU
+    seconds the process spent in that pass as ``cpu`` (every thread's: with one torch thread, the pass's own work)."""
+
+    cpu: float
+
+    def __new__(cls, wall: float, cpu: float) -> PassTime:
+        timed = super().__new__(cls, wall)
+        timed.cpu = cpu
+        return timed
+
+
+def cpu_of(seconds: float) -> float | None:
+    """The CPU seconds of a :class:`PassTime` (None for a plain float: no pass was timed)."""
+    return getattr(seconds, "cpu", None)
+
+
+def run_once(model: torch.nn.Module, batches: list[dict[str, Any]], train: bool, device: torch.device) -> PassTime:
     """Seconds for one pass of ``model`` over ``batches``: forward and backward of ``.loss`` (gradients dropped at the
-    end) with ``train``, else forward under ``torch.inference_mode``."""
+    end) with ``train``, else forward under ``torch.inference_mode``; its CPU seconds as ``.cpu``."""
     synchronize(device)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     if train:
         model.train()
         for batch in batches:
@@ -67,7 +86,7 @@ def run_once(model: torch.nn.Module, batches: list[dict[str, Any]], train: bool,
             for batch in batches:
                 model(**batch)
     synchronize(device)
-    return time.perf_counter() - start
+    return PassTime(time.perf_counter() - start, time.process_time() - start_cpu)
 
 
 def rss_bytes() -> int | None:

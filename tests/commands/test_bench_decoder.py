@@ -57,6 +57,7 @@ def test_bench_decoder_methods_agree_and_goals_are_reported(data, tmp_path, caps
         assert list(rows) == ["hf_padded_random", "hf_length_grouped", "hf_flattening", "dynmask_packed"]
         for name, row in rows.items():
             assert row["max_abs_diff"] < 1e-5, (mode, name)  # the same logits / loss on the same examples
+            assert row["real_tokens_per_cpu_s"] == row["real_tokens"] / row["cpu_seconds"] > 0  # CPU next to wall
             assert row["fraction_of_limit"] == pytest.approx(
                 row["speedup_vs_padded_random"] / row["limit_vs_padded_random"]
             )
@@ -70,7 +71,7 @@ def test_bench_decoder_methods_agree_and_goals_are_reported(data, tmp_path, caps
             < rows["hf_padded_random"]["epoch_padding_fraction"]
         )
     assert {g["goal"].split(":")[0] for g in report["goals"]} == {"train", "inference"}
-    assert "**goals**" in out and "| dynmask_packed |" in out
+    assert "**goals**" in out and "| dynmask_packed |" in out and "| real tok/s | per CPU s |" in out
 
 
 def test_bench_decoder_on_a_saved_model(data, tmp_path, capsys):

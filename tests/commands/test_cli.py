@@ -197,6 +197,9 @@ def test_bench_inference_all_methods_agree(tiny_dir, tmp_path, capsys):
     for name, row in rows.items():
         assert set(row) >= {"real_tokens_per_s", "speedup_vs_static", "fraction_of_limit", "padding_fraction"}
         assert row["max_abs_diff"] < 1e-5, name  # every layout computes the same hidden states at real tokens
+        # CPU time next to wall time: the pass's own, so real tokens per CPU second follow from it
+        assert 0 < row["cpu_seconds"] and row["real_tokens_per_cpu_s"] == row["real_tokens"] / row["cpu_seconds"]
+    assert "| method | real tok/s | per CPU s |" in out
     assert rows["hf_flattening"]["attn_implementation"] == "dynmask_varlen"
     assert rows["hf_static"]["speedup_vs_static"] == 1.0
     assert rows["hf_static"]["padding_fraction"] == 1 - rows["hf_static"]["real_tokens"] / (2 * 4 * 32)
