@@ -372,8 +372,6 @@ class PipeTurns:
     (:func:`run_in_processes`); ``wait`` blocks until it writes ``go`` on this child's pipe, ``pass_on`` answers
     ``step`` (or ``done``). Each process has its own random state, so there is nothing to put back."""
 
-    own_process = True
-
     def __init__(self, read_fd: int, write_fd: int) -> None:
         self._read = os.fdopen(read_fd, "r")
         self._write = os.fdopen(write_fd, "w")

@@ -27,7 +27,6 @@ import torch
 __all__ = [
     "PassTime",
     "PeakRSS",
-    "cpu_of",
     "peak_memory_mib",
     "portable_path",
     "progress_bar",
@@ -63,11 +62,6 @@ class PassTime(float):
         timed = super().__new__(cls, wall)
         timed.cpu = cpu
         return timed
-
-
-def cpu_of(seconds: float) -> float | None:
-    """The CPU seconds of a :class:`PassTime` (None for a plain float: no pass was timed)."""
-    return getattr(seconds, "cpu", None)
 
 
 def run_once(model: torch.nn.Module, batches: list[dict[str, Any]], train: bool, device: torch.device) -> PassTime:

@@ -266,6 +266,16 @@ _INJECTED = ("dynmask_layout", "dynmask_plan")
 _RENAMED = ("past_key_values",)
 
 
+def _call_inputs(model: torch.nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A forward's arguments by name (positional ones named from the model's signature)."""
+    return {**dict(zip(_positional_names(type(model)), args, strict=False)), **kwargs}
+
+
+def _boundaries_given(inputs: dict[str, Any]) -> list[str]:
+    """The names of the packed-row boundaries a forward was given."""
+    return [name for name in ("cu_seq_lens_q", "cu_seq_lens_k", "seq_idx") if inputs.get(name) is not None]
+
+
 def _cached_positions(cache: Any) -> int:
     if cache is None or not hasattr(cache, "get_seq_length"):
         return 0
@@ -291,7 +301,7 @@ def _check_entry(model: torch.nn.Module, args: tuple, kwargs: dict, compiling: b
         return None
     _check_modules(model)
     refuse_unknown_arguments(kwargs, _known_arguments(model), type(model).__name__)
-    inputs = {**dict(zip(_positional_names(type(model)), args, strict=False)), **kwargs}
+    inputs = _call_inputs(model, args, kwargs)
     reference = inputs.get("input_ids")
     if reference is None:
         reference = inputs.get("inputs_embeds")
@@ -299,7 +309,7 @@ def _check_entry(model: torch.nn.Module, args: tuple, kwargs: dict, compiling: b
         return None  # nothing to describe: the model raises its own error
     shape = (reference.shape[0], reference.shape[1])
     mask = inputs.get("attention_mask")
-    boundaries = [name for name in ("cu_seq_lens_q", "cu_seq_lens_k", "seq_idx") if inputs.get(name) is not None]
+    boundaries = _boundaries_given(inputs)
     if isinstance(mask, torch.Tensor) and mask.dim() != 2:  # a custom 4-D mask: the model applies it as stock does
         if boundaries:
             raise ValueError(
@@ -344,8 +354,7 @@ def _refuse_packed_boundaries(model: torch.nn.Module, args: tuple, kwargs: dict,
     """A model prepared for ``dynmask_varlen`` that now runs another backend (``set_attn_implementation``, or its
     config changed) runs every batch as stock does, except a packed row's boundaries: stock attention functions
     ignore ``cu_seq_lens_*`` and ``seq_idx``, and some families would then mix the row's sequences."""
-    inputs = {**dict(zip(_positional_names(type(model)), args, strict=False)), **kwargs}
-    boundaries = [name for name in ("cu_seq_lens_q", "cu_seq_lens_k", "seq_idx") if inputs.get(name) is not None]
+    boundaries = _boundaries_given(_call_inputs(model, args, kwargs))
     if boundaries:
         raise ValueError(
             f"a packed row ({', '.join(boundaries)}) for a {type(model).__name__} that now runs "
