@@ -25,9 +25,12 @@ and each keeps its best round, so machine noise hits all of them alike.
 With ``compile=True`` every method but ``hf_flattening`` is also timed under ``torch.compile`` (``<method>+compile``,
 same model object compiled once per family): its warm-up runs every timed batch once, so compilation (reported as
 ``compile_seconds``) and the recompiles new shapes cause stay out of the timing, and ``speedup_vs_eager`` compares it
-with the eager method. With ``sentence_transformers=True`` the model also encodes the timed examples as a
-``SentenceTransformer``, stock against DynMask (:func:`~hf_dynmask.integrations.dynmask_sentence_transformer`), in
-sentence-transformers' own length-sorted batches and in the random batches of the other methods.
+with the eager method; ``compile_options`` go to inductor as ``torch.compile(..., options=...)`` (on CPU,
+``{"fallback_random": True}`` runs dropout with eager's random ops instead of inductor's generated ones, which a CPU
+training step pays for: BENCHMARKS.md, "torch.compile"). With ``sentence_transformers=True`` the model also encodes
+the timed examples as a ``SentenceTransformer``, stock against DynMask
+(:func:`~hf_dynmask.integrations.dynmask_sentence_transformer`), in sentence-transformers' own length-sorted
+batches and in the random batches of the other methods.
 
 Reported per method: real tokens per second, the ratio to ``hf_static``, the fraction of the FLOP-proportional limit
 (:func:`limit_speedup`), the padding fraction of its batches, the peak memory rise over its timed batches (CUDA: the
@@ -141,6 +144,8 @@ class BenchSettings:
     progress: bool = True
     compile: bool = False  # also time every method (but hf_flattening) under torch.compile
     compile_backend: str = "inductor"
+    # torch.compile's ``options`` (inductor settings), e.g. {"fallback_random": True}; empty: inductor's defaults
+    compile_options: dict[str, Any] = field(default_factory=dict)
     sentence_transformers: bool = False  # also time SentenceTransformer.encode, stock against DynMask
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in the report's settings, not used
 
@@ -160,6 +165,11 @@ class BenchSettings:
             raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}{hint}")
         if BASELINE not in self.methods:
             raise ValueError(f"methods must include {BASELINE!r}: every ratio is taken to it")
+        if self.compile_options and not (self.compile and self.compile_backend == "inductor"):
+            raise ValueError(
+                f"compile_options {self.compile_options} are inductor settings: they need compile=True and "
+                f"compile_backend='inductor' (got compile={self.compile}, compile_backend={self.compile_backend!r})"
+            )
         resolve_device(self.device)
 
 
@@ -611,7 +621,9 @@ def _run_mode(pair, tokenizer, features, sampled, check_batch, settings, train, 
         for name in [n for n in methods if METHODS[n].layout != "flattening"]:
             model, batches, extra = methods[name]
             if id(model) not in compiled:
-                compiled[id(model)] = torch.compile(model, backend=settings.compile_backend)
+                compiled[id(model)] = torch.compile(
+                    model, backend=settings.compile_backend, options=dict(settings.compile_options) or None
+                )
             methods[f"{name}{COMPILED}"] = (compiled[id(model)], batches, {**extra, "compiled": True})
 
     progress = progress_bar(

@@ -318,6 +318,24 @@ def _positive(value: str) -> int:
     return number
 
 
+def _inductor_option(value: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` -> (name, value) for ``torch.compile(options=...)``; the name must be an inductor setting."""
+    name, sep, text = value.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. fallback_random=true), got {value!r}")
+    from torch._inductor import config as inductor_config
+
+    from ..modeling.configuration_dynmask import did_you_mean
+
+    known = inductor_config.get_config_copy()
+    if name not in known:
+        raise argparse.ArgumentTypeError(f"{name!r} is not an inductor setting{did_you_mean(name, known)}")
+    try:
+        return name, json.loads(text)
+    except json.JSONDecodeError:
+        return name, text
+
+
 def _output_path(value: str) -> Path:
     path = Path(value).expanduser()
     if path.is_dir():
@@ -399,6 +417,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         progress=args.progress,
         compile=args.compile,
         compile_backend=args.compile_backend,
+        compile_options=dict(args.compile_option or []),
         sentence_transformers=args.sentence_transformers,
         extra={"dataset": args.dataset, "text_column": args.text_column, "split": args.split, "limit": args.limit},
     )
@@ -591,6 +610,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile", action="store_true", help="also time every method under torch.compile (<method>+compile)"
     )
     bench.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: inductor)")
+    bench.add_argument(
+        "--compile-option",
+        type=_inductor_option,
+        action="append",
+        metavar="NAME=VALUE",
+        help="an inductor setting for torch.compile(options=...), repeatable; VALUE is read as JSON (true, 3, "
+        "a string), else as text. On CPU, fallback_random=true trains faster (dropout through eager's random ops)",
+    )
     bench.add_argument(
         "--sentence-transformers",
         action="store_true",

@@ -150,7 +150,11 @@ class DynMaskTrainer(Trainer):
     - evaluates in dataset order, whatever ``train_sampling_strategy`` says, when ``compute_metrics`` needs it
       (``compute_metrics.needs_dataset_order``, set by :func:`~.evaluation.question_answering_metrics`, which pairs
       prediction row ``i`` with feature ``i``'s context): the stock Trainer length-groups the evaluation set under
-      ``group_by_length`` too.
+      ``group_by_length`` too;
+    - with ``args.torch_compile`` on CPU and the inductor backend, compiles dropout with eager's random ops
+      (inductor's ``fallback_random``; settings passed in ``dynamo_plugin.options`` win): inductor's own generated
+      random numbers made a compiled CPU training step 15-20% slower than with eager's (BENCHMARKS.md,
+      "torch.compile"), and with eager's ops a compiled step draws the same hidden-state dropout masks as eager.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -161,11 +165,21 @@ class DynMaskTrainer(Trainer):
             self.add_callback(PaddingStatsCallback())
         self._check_setup()
         self._set_label_names()
+        self._compile_dropout_with_eager_random()
         if self._token_budget is not None and self.train_dataset is not None:
             if not is_iterable_dataset(self.train_dataset):
                 self._token_budget_sampler(self.train_dataset)  # fail now on a budget below the longest example
 
     # -- set-up ------------------------------------------------------------------------------------------------------
+
+    def _compile_dropout_with_eager_random(self) -> None:
+        """CPU + ``torch_compile`` + inductor: ``fallback_random=True`` in the options accelerate compiles with."""
+        plugin = getattr(self.accelerator.state, "dynamo_plugin", None)
+        if not self.args.torch_compile or plugin is None or self.args.device.type != "cpu":
+            return
+        if str(getattr(plugin.backend, "value", plugin.backend)).lower() != "inductor":
+            return
+        plugin.options = {"fallback_random": True, **(plugin.options or {})}
 
     @property
     def padding_stats(self) -> PaddingStatsCallback | None:

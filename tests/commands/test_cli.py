@@ -252,6 +252,40 @@ def test_bench_compile_and_sentence_transformers(tiny_dir, tmp_path, capsys):
     assert "SentenceTransformer.encode" in out
 
 
+def test_bench_compile_options_reach_inductor(tiny_dir, tmp_path, capsys, monkeypatch):
+    """``--compile-option NAME=VALUE`` reaches ``torch.compile(options=...)`` as a typed value and is recorded in the
+    report; an unknown setting, a missing ``=`` and options without inductor are refused before any work."""
+    import torch
+
+    calls = []
+
+    def recording_compile(model, **kwargs):  # eager stand-in: inductor would take minutes here
+        calls.append(kwargs)
+        return model
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    path = tmp_path / "bench.json"
+    argv = bench_argv(
+        tiny_dir, "--modes", "inference", "--methods", "hf_static,dynmask_packed_random", "--json", path,
+        "--compile", "--compile-option", "fallback_random=true", "--compile-option", "max_autotune=false",
+        "--no-memory",
+    )  # fmt: skip
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    expected = {"fallback_random": True, "max_autotune": False}
+    assert calls and all(c == {"backend": "inductor", "options": expected} for c in calls)
+    assert json.loads(path.read_text())["settings"]["compile_options"] == expected
+
+    code, _, err = run(bench_argv(tiny_dir, "--compile", "--compile-option", "fallback_rnd=true"), capsys)
+    assert_one_line_error(code, err, "did you mean 'fallback_random'", status=2)
+    code, _, err = run(bench_argv(tiny_dir, "--compile", "--compile-option", "fallback_random"), capsys)
+    assert_one_line_error(code, err, "NAME=VALUE", status=2)
+    for extra in ((), ("--compile", "--compile-backend", "aot_eager")):
+        code, _, err = run(bench_argv(tiny_dir, *extra, "--compile-option", "fallback_random=true"), capsys)
+        assert_one_line_error(code, err, "inductor settings")
+    assert len(calls) == 2  # the refused runs compiled nothing
+
+
 def test_bench_missing_model_dir(tmp_path, capsys):
     code, _, err = run(["bench", "--model", tmp_path / "nope", "--no-progress"], capsys)
     assert_one_line_error(code, err, "does not exist")

@@ -657,3 +657,40 @@ def test_token_type_ids_survive_remove_unused_columns(tok, tmp_path):
     batch = next(iter(trainer.get_train_dataloader()))
     assert "token_type_ids" in batch and bool((batch["token_type_ids"] == 1).all())
     assert "junk" not in batch
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# torch.compile
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_cpu_compile_draws_dropout_with_eager_random_ops(tok, tmp_path):
+    """On CPU, ``torch_compile`` with inductor compiles with ``fallback_random`` (eager's random ops, faster there);
+    options the user set win; other backends and the stock Trainer are left as they are."""
+    task = "sequence-classification"
+
+    def plugin(trainer_cls=DynMaskTrainer, **args):
+        trainer = trainer_cls(
+            model=dynmask_model(task), args=training_args(tmp_path, **args), train_dataset=dataset_for(task),
+            data_collator=make_collator(tok, task, "packed", max_length=MAX_LEN),
+        )  # fmt: skip
+        return trainer.accelerator.state.dynamo_plugin
+
+    assert plugin(torch_compile=True).options == {"fallback_random": True}
+    assert not plugin(trainer_cls=Trainer, torch_compile=True).options  # the stock Trainer: inductor's own random
+    assert not plugin(torch_compile=True, torch_compile_backend="aot_eager").options
+    assert not plugin().options  # no compile
+
+
+def test_compiled_training_on_cpu_matches_eager_with_dropout(tok, tmp_path):
+    """A DynMaskTrainer compiled with inductor trains to eager's parameters with hidden dropout on: the same masks
+    are drawn (with inductor's own random ops the parameters differ by 2.2e-3 here)."""
+    task = "sequence-classification"
+    dropout = {"hidden_dropout_prob": 0.1}
+    _, eager = train(tok, tmp_path, task, "packed", model=dynmask_model(task, **dropout), max_steps=2)
+    torch._dynamo.reset()
+    _, compiled = train(
+        tok, tmp_path, task, "packed", model=dynmask_model(task, **dropout), max_steps=2, torch_compile=True
+    )
+    torch._dynamo.reset()
+    assert_same_params(eager, compiled)
