@@ -46,6 +46,7 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -470,18 +471,39 @@ def limit_speedup(
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def source_commit() -> str | None:
+    """``git describe --always --dirty`` of the checkout this hf_dynmask runs from (a commit, ``-dirty`` with
+    uncommitted changes); None when it is an installed copy, not a git checkout's folder."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=root, capture_output=True, text=True,
+            timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def environment(device: torch.device) -> dict[str, Any]:
-    """Versions, threads and device, recorded next to the results."""
+    """Versions (hf_dynmask's commit included), threads, pinned cores and device, recorded next to the results."""
     import transformers
+
+    from .. import __version__
 
     env = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "numpy": np.__version__,
+        "hf_dynmask": __version__,
+        "hf_dynmask_commit": source_commit(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "pinned_cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
         "dtype": "float32",

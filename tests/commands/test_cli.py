@@ -7,6 +7,7 @@ installed console script and that argument errors need no heavy import.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -455,3 +456,18 @@ def _cut(order: list[int], sizes: list[int]) -> list[list[int]]:
         out.append(order[start : start + size])
         start += size
     return out
+
+
+def test_bench_environment_names_the_code_that_ran():
+    """Bench reports (``hf-dynmask bench`` and ``bench-decoder``) record hf_dynmask's commit when it runs from a git
+    checkout (as here and in CI), else None, and the cores the process was pinned to."""
+    from hf_dynmask.commands.bench import environment
+
+    env = environment(torch.device("cpu"))
+    root = Path(__file__).resolve().parents[2]
+    if (root / ".git").exists():
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        assert env["hf_dynmask_commit"].removesuffix("-dirty") == head[:12]
+    else:
+        assert env["hf_dynmask_commit"] is None
+    assert env["pinned_cores"] and set(env["pinned_cores"]) <= set(range(os.cpu_count()))
