@@ -49,6 +49,8 @@ ATTN_IMPLEMENTATION = "dynmask_varlen"
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
+    "COMPILED_GROUPS",
+    "FEW_COMPILED_GROUPS",
     "AttentionLayout",
     "LengthGroup",
     "VarlenPlan",
@@ -115,9 +117,17 @@ def _bounds(cu_seqlens: torch.Tensor, name: str) -> list[int]:
 #: (BENCHMARKS.md, "Attention calls per layer").
 MAX_GROUPS = 4
 
-#: The most length groups of a plan made under ``torch.compile`` (:func:`compiled_plan`): each group count is a plan
-#: structure, and each structure one graph.
-COMPILED_GROUPS = 2
+#: The most length groups of a plan made under ``torch.compile`` (:func:`compiled_plan`) for a DynMask encoder: each
+#: group count is a plan structure, and each structure one graph. On CPU, four ran compiled training steps on the
+#: long-tailed docstrings at eager's speed where two ran at 0.78x (more padding in fewer groups), and matched two on
+#: short utterances (BENCHMARKS.md, "torch.compile on CPU").
+COMPILED_GROUPS = 4
+
+#: The same bound for graphs that meet each plan structure more than once: a stock model's forward compiles each
+#: structure twice (static sizes, then dynamic), and a DynMask seq2seq graph sees three plans at once (encoder,
+#: decoder, cross). With two groups they stay within dynamo's recompile limit (8 compiles of a frame; past it the
+#: frame runs eager); with four they would not.
+FEW_COMPILED_GROUPS = 2
 
 
 def plan_varlen(
@@ -241,11 +251,14 @@ def plan_varlen(
     return VarlenPlan(tuple(groups), q_index, k_index, out_index, num_q_tokens, bounds_k[-1], *boundaries)
 
 
-def compiled_plan(cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor | None = None) -> VarlenPlan:
-    """The plan to hand a graph being compiled: at most :data:`COMPILED_GROUPS` length groups (one per distinct length,
-    merged where that wastes least) of two sequences or more, every optional field filled, and every size that changes
-    from batch to batch marked dynamic. So a plan has one of two structures (one group or two) and ``torch.compile``
-    reuses one graph per structure for batches of any lengths; a group of one sequence would be a size it specializes.
+def compiled_plan(
+    cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor | None = None, max_groups: int = COMPILED_GROUPS
+) -> VarlenPlan:
+    """The plan to hand a graph being compiled: at most ``max_groups`` length groups (one per distinct length, merged
+    where that wastes least) of two sequences or more, every optional field filled, and every size that changes from
+    batch to batch marked dynamic. So a plan has one of ``max_groups`` structures (one group, two, ...) and
+    ``torch.compile`` reuses one graph per structure for batches of any lengths; a group of one sequence would be a
+    size it specializes.
 
     Call it outside the compiled graph (where the plan's host reads happen), deciding with
     ``torch.compiler.is_compiling()`` read inside it.
@@ -255,7 +268,7 @@ def compiled_plan(cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor | None 
         cu_seqlens_k,
         bucket_ratio=1.0,
         static_structure=True,
-        max_groups=COMPILED_GROUPS,
+        max_groups=max_groups,
         min_group_seqs=2,
     )
     for group in plan.groups:

@@ -634,7 +634,7 @@ class DynMaskModel(DynMaskPreTrainedModel):
             return AttentionLayout(name, packed=True, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
         kernel = "eager" if name == "eager" else "sdpa"
         if compiling:
-            plan = compiled_plan(cu_seqlens)  # two plan structures: two graphs serve every batch
+            plan = compiled_plan(cu_seqlens)  # COMPILED_GROUPS plan structures: a graph each serves every batch
         else:
             ratio = 0.0 if kernel == "eager" else self.config.varlen_bucket_ratio
             plan = plan_varlen(cu_seqlens, bucket_ratio=ratio)

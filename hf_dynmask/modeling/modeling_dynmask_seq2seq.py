@@ -53,7 +53,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 from transformers.utils import logging
 
-from .attention import AttentionLayout, attend, compiled_plan, dense_mask, plan_varlen
+from .attention import FEW_COMPILED_GROUPS, AttentionLayout, attend, compiled_plan, dense_mask, plan_varlen
 from .backends import AttentionBackendHooks, backend_of
 from .batch import (
     DECODER_NAMES,
@@ -133,14 +133,18 @@ def _self_layout(
     """Self-attention of one side: the varlen plan when it runs packed, else the backend's mask over its padding
     (a decoder's queries being the last ``T`` of ``P + T`` keys over a cache). ``weights``: every mask whole, for the
     eager kernel (:func:`~.attention.dense_mask`). ``compiling`` (read by the caller, in the traced frame): a plan of
-    at most two structures (:func:`~.attention.compiled_plan`)."""
+    at most two structures (:func:`~.attention.compiled_plan` with ``FEW_COMPILED_GROUPS``: the decoder's graphs
+    see three plans at once)."""
     if side.runs_packed:
         if weights:
             seq_idx = side.seq_idx.view(side.batch_size, -1)  # (B, T)
             length = seq_idx.shape[1]
             mask = dense_mask(side.batch_size, length, length, device=device, is_causal=causal, seq_idx=seq_idx)
             return AttentionLayout("eager", packed=True, mask=mask)
-        plan = compiled_plan(side.cu_seqlens) if compiling else plan_varlen(side.cu_seqlens, bucket_ratio=ratio)
+        if compiling:
+            plan = compiled_plan(side.cu_seqlens, max_groups=FEW_COMPILED_GROUPS)
+        else:
+            plan = plan_varlen(side.cu_seqlens, bucket_ratio=ratio)
         return AttentionLayout(kernel, packed=True, plan=plan)
     real = side.real  # bool (B, P + T), None when no key is padding
     q_len, k_len = side.seqlen, side.past + side.seqlen
@@ -171,7 +175,7 @@ def _cross_layout(
             )
             return AttentionLayout("eager", packed=True, mask=mask)
         if compiling:
-            plan = compiled_plan(target.cu_seqlens, source.cu_seqlens)
+            plan = compiled_plan(target.cu_seqlens, source.cu_seqlens, FEW_COMPILED_GROUPS)
         else:
             plan = plan_varlen(target.cu_seqlens, source.cu_seqlens, ratio)
         return AttentionLayout(kernel, packed=True, plan=plan)

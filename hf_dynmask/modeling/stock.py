@@ -40,6 +40,7 @@ from transformers.utils import logging
 
 from .attention import (
     ATTN_IMPLEMENTATION,
+    FEW_COMPILED_GROUPS,
     compiled_plan,
     plan_varlen,
     varlen_attention_forward,
@@ -291,8 +292,8 @@ def _entry(model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, di
 @torch.compiler.disable  # host reads of the checks: one boundary, outside compiled graphs
 def _check_entry(model: torch.nn.Module, args: tuple, kwargs: dict, compiling: bool) -> tuple[tuple, dict] | None:
     """Describe the batch, refuse what is not exact, hand the layout and plan to the attention (under compile a plan
-    of at most two structures, :func:`~.attention.compiled_plan`, so that one graph per structure serves every
-    batch)."""
+    of at most two structures, :func:`~.attention.compiled_plan` with ``FEW_COMPILED_GROUPS``, so that one graph per
+    structure serves every batch)."""
     if kwargs.get("dynmask_layout") is not None:
         return None
     current = model.config._attn_implementation
@@ -335,7 +336,7 @@ def _check_entry(model: torch.nn.Module, args: tuple, kwargs: dict, compiling: b
         if refusal is not None:
             raise ValueError(refusal)
         if compiling:
-            extra["dynmask_plan"] = compiled_plan(layout.cu_seqlens)
+            extra["dynmask_plan"] = compiled_plan(layout.cu_seqlens, max_groups=FEW_COMPILED_GROUPS)
         else:
             ratio = float(getattr(model.config, "varlen_bucket_ratio", 0.8))
             extra["dynmask_plan"] = plan_varlen(layout.cu_seqlens, bucket_ratio=ratio)
