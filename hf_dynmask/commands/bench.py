@@ -42,6 +42,7 @@ inference, the loss in eval mode for training): a check that each layout compute
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import logging
 import os
@@ -491,14 +492,16 @@ def environment(device: torch.device) -> dict[str, Any]:
     """Versions (hf_dynmask's commit included), threads, pinned cores and device, recorded next to the results."""
     import transformers
 
-    from .. import __version__
-
+    try:
+        version = importlib.metadata.version("hf_dynmask")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        version = None
     env = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "numpy": np.__version__,
-        "hf_dynmask": __version__,
+        "hf_dynmask": version,
         "hf_dynmask_commit": source_commit(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
