@@ -27,8 +27,8 @@ same model object compiled once per family): its warm-up runs every timed batch 
 ``compile_seconds``) and the recompiles new shapes cause stay out of the timing, and ``speedup_vs_eager`` compares it
 with the eager method; ``compile_options`` go to inductor as ``torch.compile(..., options=...)`` (on CPU,
 ``{"fallback_random": True}`` runs dropout with eager's random ops instead of inductor's generated ones, which a CPU
-training step pays for: BENCHMARKS.md, "torch.compile"). With ``sentence_transformers=True`` the model also encodes
-the timed examples as a ``SentenceTransformer``, stock against DynMask
+training step pays for: BENCHMARKS.md, "torch.compile on CPU"). With ``sentence_transformers=True`` the model
+also encodes the timed examples as a ``SentenceTransformer``, stock against DynMask
 (:func:`~hf_dynmask.integrations.dynmask_sentence_transformer`), in sentence-transformers' own length-sorted
 batches and in the random batches of the other methods.
 

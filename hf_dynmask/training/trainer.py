@@ -153,8 +153,8 @@ class DynMaskTrainer(Trainer):
       ``group_by_length`` too;
     - with ``args.torch_compile`` on CPU and the inductor backend, compiles dropout with eager's random ops
       (inductor's ``fallback_random``; settings passed in ``dynamo_plugin.options`` win): inductor's own generated
-      random numbers made a compiled CPU training step 15-20% slower than with eager's (BENCHMARKS.md,
-      "torch.compile"), and with eager's ops a compiled step draws the same hidden-state dropout masks as eager.
+      random numbers made compiled CPU training steps 11-22% slower than with eager's (BENCHMARKS.md,
+      "torch.compile on CPU"), and with eager's ops a compiled step draws the same hidden-state dropout masks as eager.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
