@@ -70,3 +70,23 @@ def test_seq2seq_benchmark_interleaved_trains_as_sequential(tmp_path):
     grouped, packed = (interleaved["results"][m]["real_tokens_per_cpu_second"] for m in ("hf_grouped", "packed"))
     assert speed["speed"] == pytest.approx(packed / grouped) and speed["memory"] is None
     assert interleaved["settings"]["schedule"] == "interleaved"
+
+
+@pytest.mark.skipif(not (DATA / "scitldr_a").exists(), reason="needs ../shared/data/scitldr_a")
+def test_compile_decoder_runs_and_compiles_nothing_while_timing(tmp_path):
+    """compile_decoder.py at a tiny shape (aot_eager: no code generation): both modes, every plan structure compiled in
+    the warm-up, paths recorded relative to the repository."""
+    import json
+
+    out = tmp_path / "decoder.json"
+    code = load("compile_decoder").main(
+        ["--hidden-size", "32", "--layers", "1", "--ffn", "64", "--limit", "60", "--batches", "2", "--rounds", "1",
+         "--vocab-size", "300", "--backend", "aot_eager", "--json", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"train", "inference"}
+    for row in report["results"].values():
+        assert row["compiled_vs_eager_cpu"] > 0 and row["compile_seconds"] > 0
+        assert row["compiles_while_timing"] == 0
+    assert report["settings"]["data"] == "../shared/data/scitldr_a/train.jsonl"
