@@ -20,29 +20,23 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch._dynamo.utils import get_compilation_metrics
-from transformers import AutoConfig, AutoModelForCausalLM
 
 import hf_dynmask  # noqa: F401  (registers dynmask_varlen)
 from hf_dynmask import make_collator
 from hf_dynmask.commands.bench import environment
-from hf_dynmask.commands.bench_decoder import DecoderShape
+from hf_dynmask.commands.bench_decoder import (
+    DecoderBenchSettings,
+    DecoderShape,
+    load_decoder,
+    packed_sample,
+    token_budget,
+)
 from hf_dynmask.commands.demo import train_tokenizer
 from hf_dynmask.commands.timing import portable_path, run_once
-from hf_dynmask.data.packing import TokenBudgetBatchSampler
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def packed_batches(lengths: list[int], count: int, seed: int) -> list[list[int]]:
-    """Shuffled token-budget batches; ``count`` of them at evenly spaced quantiles of real tokens."""
-    budget = max(max(lengths), -(-int(16 * np.mean(lengths)) // 256) * 256)
-    batches = [list(b) for b in TokenBudgetBatchSampler(lengths, budget, shuffle=True, seed=seed)]
-    ranked = sorted(batches, key=lambda b: sum(lengths[i] for i in b))
-    picks = np.linspace(0, len(ranked) - 1, num=min(count, len(ranked))).round().astype(int)
-    return [ranked[p] for p in picks]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -53,15 +47,12 @@ def run(args: argparse.Namespace) -> dict:
     encoded = tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"]
     features = [{"input_ids": ids} for ids in encoded if ids]
     lengths = [len(f["input_ids"]) for f in features]
-    sample = packed_batches(lengths, args.batches, args.seed)
+    sample = packed_sample(lengths, token_budget(lengths, batch_size=16), args.batches, args.seed)
     collate = make_collator(tokenizer, "causal-lm", "packed")
     shape = DecoderShape(hidden_size=args.hidden_size, num_hidden_layers=args.layers, intermediate_size=args.ffn)
-    settings = asdict(shape)
-    config = AutoConfig.for_model(
-        settings.pop("model_type"), **settings, vocab_size=len(tokenizer), max_position_embeddings=512, pad_token_id=0
-    )
-    torch.manual_seed(args.seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="dynmask_varlen")
+    settings = DecoderBenchSettings(shape=shape, max_length=args.max_length, seed=args.seed)
+    model = load_decoder(None, settings, len(tokenizer))
+    model.set_attn_implementation("dynmask_varlen")
     device = torch.device("cpu")
     report = {
         "environment": environment(device),

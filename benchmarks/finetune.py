@@ -69,7 +69,7 @@ from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback
 
 from hf_dynmask import DynMaskConfig, make_collator
-from hf_dynmask.commands.timing import PeakRSS, portable_path, release_freed_memory
+from hf_dynmask.commands.timing import PeakRSS, portable_path, release_freed_memory, source_commit
 from hf_dynmask.data import get_task, prepare_dataset
 from hf_dynmask.training import DynMaskTrainer, DynMaskTrainingArguments
 from hf_dynmask.training.evaluation import (
@@ -257,20 +257,6 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def environment() -> dict[str, Any]:
     import numpy
     import transformers
@@ -282,7 +268,7 @@ def environment() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "datasets": datasets.__version__,
         "numpy": numpy.__version__,
-        "hf_dynmask_commit": _git_commit(),
+        "hf_dynmask_commit": source_commit(Path(__file__).resolve().parents[1]),
         "platform": platform.platform(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),

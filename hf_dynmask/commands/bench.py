@@ -47,7 +47,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -61,7 +60,15 @@ from ..data.collators import make_collator, token_counts
 from ..modeling.configuration_dynmask import DynMaskConfig, did_you_mean
 from .atomic import atomic_path
 from .padding_waste import batch_orders
-from .timing import peak_memory_mib, portable_path, progress_bar, run_once, stratified_batches, synchronize
+from .timing import (
+    peak_memory_mib,
+    portable_path,
+    progress_bar,
+    run_once,
+    source_commit,
+    stratified_batches,
+    synchronize,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -470,22 +477,6 @@ def limit_speedup(
 # --------------------------------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def source_commit() -> str | None:
-    """``git describe --always --dirty`` of the checkout this hf_dynmask runs from (a commit, ``-dirty`` with
-    uncommitted changes); None when it is an installed copy, not a git checkout's folder."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
-        return None
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=root, capture_output=True, text=True,
-            timeout=10,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def environment(device: torch.device) -> dict[str, Any]:

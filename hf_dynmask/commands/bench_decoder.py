@@ -58,7 +58,10 @@ __all__ = [
     "DecoderShape",
     "decoder_flops",
     "decoder_markdown",
+    "load_decoder",
+    "packed_sample",
     "run_decoder_benchmark",
+    "token_budget",
 ]
 
 REFERENCE = "hf_padded_random"
@@ -119,8 +122,9 @@ class DecoderShape:
 
 @dataclass(frozen=True)
 class DecoderBenchSettings:
-    """What to run. ``token_budget=None``: ``batch_size`` times the mean length, rounded up to a multiple of 256
-    (and at least the longest example), so packed batches hold about as many real tokens as padded ones."""
+    """What to run. ``token_budget=None``: :func:`token_budget` (``batch_size`` times the mean length, rounded up to
+    a multiple of 256, at least the longest example), so packed batches hold about as many real tokens as padded
+    ones."""
 
     batch_size: int = 16
     token_budget: int | None = None
@@ -160,7 +164,7 @@ class DecoderBenchSettings:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _load_model(model_dir: str | Path | None, settings: DecoderBenchSettings, vocab_size: int) -> torch.nn.Module:
+def load_decoder(model_dir: str | Path | None, settings: DecoderBenchSettings, vocab_size: int) -> torch.nn.Module:
     """The causal LM on SDPA: ``model_dir`` (a verified decoder family), or a new one of ``settings.shape``."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -218,7 +222,13 @@ def _padding_fraction(batches: list[list[int]], lengths: list[int]) -> float:
     return 1 - real / computed
 
 
-def _packed_sample(lengths: list[int], budget: int, count: int, seed: int) -> list[list[int]]:
+def token_budget(lengths: Sequence[int], batch_size: int) -> int:
+    """Real tokens per packed batch to match padded batches of ``batch_size``: ``batch_size`` times the mean length,
+    rounded up to a multiple of 256, and at least the longest example."""
+    return max(max(lengths), -(-int(batch_size * np.mean(lengths)) // 256) * 256)
+
+
+def packed_sample(lengths: list[int], budget: int, count: int, seed: int) -> list[list[int]]:
     """One shuffled epoch of token-budget batches; ``count`` of them at evenly spaced quantiles of real tokens."""
     batches = [list(b) for b in TokenBudgetBatchSampler(lengths, budget, shuffle=True, seed=seed)]
     ranked = sorted(batches, key=lambda b: sum(lengths[i] for i in b))
@@ -315,19 +325,19 @@ def run_decoder_benchmark(
         raise ValueError(f"{dataset_name} has {len(features)} examples, fewer than batch_size={settings.batch_size}")
     budget = settings.token_budget
     if budget is None:
-        budget = max(max(lengths), -(-int(settings.batch_size * np.mean(lengths)) // 256) * 256)
+        budget = token_budget(lengths, settings.batch_size)
     orders = batch_orders(lengths, settings.batch_size, settings.seed)
     sampled = {
         "random": stratified_batches(orders.random, lengths, settings.batch_size, settings.batches),
         "grouped": stratified_batches(orders.grouped, lengths, settings.batch_size, settings.batches),
-        "packed": _packed_sample(lengths, budget, settings.batches, settings.seed),
+        "packed": packed_sample(lengths, budget, settings.batches, settings.seed),
     }
     epoch_padding = {
         "random": _padding_fraction(orders.random, lengths),
         "grouped": _padding_fraction(orders.grouped, lengths),
     }
     check_batch = list(range(settings.batch_size))
-    stock = _load_model(model_dir, settings, len(tokenizer))
+    stock = load_decoder(model_dir, settings, len(tokenizer))
     config = stock.config
     report: dict[str, Any] = {
         "environment": environment(device),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "release_freed_memory",
     "rss_bytes",
     "run_once",
+    "source_commit",
     "stratified_batches",
     "synchronize",
 ]
@@ -188,3 +190,19 @@ def portable_path(path: str | os.PathLike | None, root: str | os.PathLike | None
     if resolved.is_relative_to(root_path.parent) and root_path.parent != root_path:
         return Path(os.path.relpath(resolved, root_path)).as_posix()
     return f"<elsewhere>/{resolved.name}"
+
+
+def source_commit(root: str | os.PathLike | None = None) -> str | None:
+    """``git describe --always --dirty`` of the git checkout at ``root`` (default: the one this hf_dynmask runs from),
+    ``-dirty`` with uncommitted changes; None where ``root`` is not a checkout (an installed copy) or git fails."""
+    root = Path(__file__).resolve().parents[2] if root is None else Path(root)
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=root, capture_output=True, text=True,
+            timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
