@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch._dynamo.utils import get_compilation_metrics
+from torch._dynamo.utils import counters
 
 import hf_dynmask  # noqa: F401  (registers dynmask_varlen)
 from hf_dynmask import make_collator
@@ -73,36 +73,51 @@ def run(args: argparse.Namespace) -> dict:
             if not train:
                 batch.pop("labels")
             batches.append({**batch, "use_cache": False})
-        torch._dynamo.reset()
-        compiled = torch.compile(model, backend=args.backend)
-        frames = len(get_compilation_metrics())
-        start = time.perf_counter()
-        run_once(compiled, batches, train, device)  # compiles every plan structure the timed batches have
-        compile_seconds = time.perf_counter() - start
-        frames = len(get_compilation_metrics()) - frames
-        run_once(model, batches[:1], train, device)
-        before_timing = len(get_compilation_metrics())
-        best = {"eager": None, "compiled": None}
-        for _ in range(args.rounds):
-            for name, module in (("eager", model), ("compiled", compiled)):
-                seconds = run_once(module, batches, train, device)
-                if best[name] is None or seconds.cpu < best[name].cpu:
-                    best[name] = seconds
-        report["results"][mode] = {
-            "eager_cpu_seconds": best["eager"].cpu,
-            "compiled_cpu_seconds": best["compiled"].cpu,
-            "eager_wall_seconds": float(best["eager"]),
-            "compiled_wall_seconds": float(best["compiled"]),
-            "compiled_vs_eager_cpu": best["eager"].cpu / best["compiled"].cpu,
-            "compiled_vs_eager_wall": float(best["eager"]) / float(best["compiled"]),
-            "compile_seconds": compile_seconds,
-            "frames_compiled": frames,
-            "compiles_while_timing": len(get_compilation_metrics()) - before_timing,
-        }
-        print(f"{mode}: compiled {report['results'][mode]['compiled_vs_eager_cpu']:.3f}x eager by CPU time "
-              f"(wall {report['results'][mode]['compiled_vs_eager_wall']:.3f}x), compile {compile_seconds:.0f} s, "
-              f"{frames} frames")  # fmt: skip
+        report["results"][mode] = compare_compiled(model, batches, train, args.rounds, args.backend)
+        print_row(mode, report["results"][mode])
     return report
+
+
+def compare_compiled(
+    model: torch.nn.Module, batches: list[dict], train: bool, rounds: int, backend: str, options: dict | None = None
+) -> dict:
+    """``model`` compiled (``backend``, inductor ``options``) against itself eager on ``batches``: the compiled
+    model's warm-up runs every batch once (its seconds are the compile time), then eager and compiled take turns over
+    ``rounds`` rounds and each keeps its best pass by CPU time. Counts the frames compiled in the warm-up and any
+    compiled while timing (should be 0)."""
+    device = next(model.parameters()).device
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend, options=options or None)
+    frames = counters["frames"]["total"]
+    start = time.perf_counter()
+    run_once(compiled, batches, train, device)  # compiles every plan structure the timed batches have
+    compile_seconds = time.perf_counter() - start
+    frames = counters["frames"]["total"] - frames
+    run_once(model, batches[:1], train, device)
+    before_timing = counters["frames"]["total"]
+    best = {"eager": None, "compiled": None}
+    for _ in range(rounds):
+        for name, module in (("eager", model), ("compiled", compiled)):
+            seconds = run_once(module, batches, train, device)
+            if best[name] is None or seconds.cpu < best[name].cpu:
+                best[name] = seconds
+    return {
+        "eager_cpu_seconds": best["eager"].cpu,
+        "compiled_cpu_seconds": best["compiled"].cpu,
+        "eager_wall_seconds": float(best["eager"]),
+        "compiled_wall_seconds": float(best["compiled"]),
+        "compiled_vs_eager_cpu": best["eager"].cpu / best["compiled"].cpu,
+        "compiled_vs_eager_wall": float(best["eager"]) / float(best["compiled"]),
+        "compile_seconds": compile_seconds,
+        "frames_compiled": frames,
+        "compiles_while_timing": counters["frames"]["total"] - before_timing,
+    }
+
+
+def print_row(mode: str, row: dict) -> None:
+    print(f"{mode}: compiled {row['compiled_vs_eager_cpu']:.3f}x eager by CPU time (wall "
+          f"{row['compiled_vs_eager_wall']:.3f}x), compile {row['compile_seconds']:.0f} s, "
+          f"{row['frames_compiled']} frames", flush=True)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

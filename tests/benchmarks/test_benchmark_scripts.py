@@ -90,3 +90,27 @@ def test_compile_decoder_runs_and_compiles_nothing_while_timing(tmp_path):
         assert row["compiled_vs_eager_cpu"] > 0 and row["compile_seconds"] > 0
         assert row["compiles_while_timing"] == 0
     assert report["settings"]["data"] == "../shared/data/scitldr_a/train.jsonl"
+
+
+@pytest.mark.skipif(not (DATA / "ntrex_en_de").exists(), reason="needs ../shared/data/ntrex_en_de")
+def test_compile_seq2seq_runs_every_method_and_compiles_nothing_while_timing(tmp_path):
+    """compile_seq2seq.py at a tiny shape (dynamo alone, backend "eager"; inference, the training step costs seconds
+    more): each method compiled in the warm-up (frames counted), nothing compiled while timing, paths recorded
+    relative to the repository."""
+    import json
+
+    out = tmp_path / "seq2seq.json"
+    code = load("compile_seq2seq").main(
+        ["--d-model", "16", "--layers", "1", "--heads", "2", "--ffn", "32", "--limit", "48", "--batches", "2",
+         "--rounds", "1", "--vocab-size", "200", "--batch-size", "8", "--backend", "eager", "--modes", "inference",
+         "--json", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"dynmask_packed", "dynmask_dynamic", "hf_dynamic"}
+    for rows in report["results"].values():
+        assert set(rows) == {"inference"}
+        for row in rows.values():
+            assert row["frames_compiled"] >= 1 and row["compiles_while_timing"] == 0
+            assert row["compiled_vs_eager_cpu"] > 0 and row["compile_seconds"] > 0
+    assert report["settings"]["data_dir"] == "../shared/data"
