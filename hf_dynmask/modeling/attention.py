@@ -117,15 +117,15 @@ def _bounds(cu_seqlens: torch.Tensor, name: str) -> list[int]:
 #: (BENCHMARKS.md, "Attention calls per layer").
 MAX_GROUPS = 4
 
-#: The most length groups of a plan made under ``torch.compile`` (:func:`compiled_plan`) for a DynMask encoder: each
-#: group count is a plan structure, and each structure one graph. On CPU, four ran compiled training steps on the
-#: long-tailed docstrings at eager's speed where two ran at 0.78x (more padding in fewer groups), and matched two on
-#: short utterances (BENCHMARKS.md, "torch.compile on CPU").
+#: The most length groups of a plan made under ``torch.compile`` (:func:`compiled_plan`) for a DynMask encoder (and
+#: the seq2seq family's encoder): each group count is a plan structure, and each structure one graph. On CPU, four ran
+#: compiled training steps on the long-tailed docstrings at eager's speed where two ran at 0.78x (more padding in
+#: fewer groups), and matched two on short utterances (BENCHMARKS.md, "torch.compile on CPU").
 COMPILED_GROUPS = 4
 
 #: The same bound for graphs that meet each plan structure more than once: a stock model's forward compiles each
-#: structure twice (static sizes, then dynamic), and a DynMask seq2seq graph sees three plans at once (encoder,
-#: decoder, cross). With two groups they stay within dynamo's recompile limit (8 compiles of a frame; past it the
+#: structure twice (static sizes, then dynamic), and the DynMask seq2seq decoder's graph sees two plans at once (self-
+#: and cross-attention). With two groups they stay within dynamo's recompile limit (8 compiles of a frame; past it the
 #: frame runs eager); with four they would not.
 FEW_COMPILED_GROUPS = 2
 

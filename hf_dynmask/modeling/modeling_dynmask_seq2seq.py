@@ -53,7 +53,15 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 from transformers.utils import logging
 
-from .attention import FEW_COMPILED_GROUPS, AttentionLayout, attend, compiled_plan, dense_mask, plan_varlen
+from .attention import (
+    COMPILED_GROUPS,
+    FEW_COMPILED_GROUPS,
+    AttentionLayout,
+    attend,
+    compiled_plan,
+    dense_mask,
+    plan_varlen,
+)
 from .backends import AttentionBackendHooks, backend_of
 from .batch import (
     DECODER_NAMES,
@@ -128,13 +136,20 @@ def batch_rules(config: DynMaskSeq2SeqConfig, unpad: bool, decoder: bool = False
 
 @torch.compiler.disable  # plans read the lengths on the host: kept out of compiled graphs
 def _self_layout(
-    side: BatchLayout, kernel: str, ratio: float, causal: bool, weights: bool, device, compiling: bool = False
+    side: BatchLayout,
+    kernel: str,
+    ratio: float,
+    causal: bool,
+    weights: bool,
+    device,
+    compiling: bool = False,
+    compiled_groups: int = FEW_COMPILED_GROUPS,
 ) -> AttentionLayout:
     """Self-attention of one side: the varlen plan when it runs packed, else the backend's mask over its padding
     (a decoder's queries being the last ``T`` of ``P + T`` keys over a cache). ``weights``: every mask whole, for the
     eager kernel (:func:`~.attention.dense_mask`). ``compiling`` (read by the caller, in the traced frame): a plan of
-    at most two structures (:func:`~.attention.compiled_plan` with ``FEW_COMPILED_GROUPS``: the decoder's graphs
-    see three plans at once)."""
+    at most ``compiled_groups`` structures (:func:`~.attention.compiled_plan`): ``COMPILED_GROUPS`` for the encoder,
+    whose layers see this plan alone; ``FEW_COMPILED_GROUPS`` for the decoder, whose graph also sees the cross plan."""
     if side.runs_packed:
         if weights:
             seq_idx = side.seq_idx.view(side.batch_size, -1)  # (B, T)
@@ -142,7 +157,7 @@ def _self_layout(
             mask = dense_mask(side.batch_size, length, length, device=device, is_causal=causal, seq_idx=seq_idx)
             return AttentionLayout("eager", packed=True, mask=mask)
         if compiling:
-            plan = compiled_plan(side.cu_seqlens, max_groups=FEW_COMPILED_GROUPS)
+            plan = compiled_plan(side.cu_seqlens, max_groups=compiled_groups)
         else:
             plan = plan_varlen(side.cu_seqlens, bucket_ratio=ratio)
         return AttentionLayout(kernel, packed=True, plan=plan)
@@ -496,7 +511,9 @@ class DynMaskSeq2SeqEncoder(_Stack):
         kernel = "eager" if name == "eager" or output_attentions else "sdpa"
         ratio = 0.0 if kernel == "eager" else self.config.varlen_bucket_ratio
         compiling = torch.compiler.is_compiling()
-        layout = _self_layout(source, kernel, ratio, False, output_attentions, hidden.device, compiling)
+        layout = _self_layout(
+            source, kernel, ratio, False, output_attentions, hidden.device, compiling, COMPILED_GROUPS
+        )  # the encoder's layers see this plan alone: four structures stay within dynamo's recompile limit
         all_hidden = [hidden] if output_hidden else None
         all_weights = [] if output_attentions else None
         for layer in self.layers:
