@@ -117,16 +117,16 @@ def _bounds(cu_seqlens: torch.Tensor, name: str) -> list[int]:
 #: (BENCHMARKS.md, "Attention calls per layer").
 MAX_GROUPS = 4
 
-#: The most length groups of a plan made under ``torch.compile`` (:func:`compiled_plan`) for a DynMask encoder (and
-#: the seq2seq family's encoder): each group count is a plan structure, and each structure one graph. On CPU, four ran
+#: The most length groups of a plan made under ``torch.compile`` (:func:`compiled_plan`) for a DynMask encoder and
+#: the seq2seq family (whose decoder's cross plan takes its self plan's groups, so its graph meets four structures, not
+#: sixteen): each group count is a plan structure, and each structure one graph. On CPU, four ran
 #: compiled training steps on the long-tailed docstrings at eager's speed where two ran at 0.78x (more padding in
 #: fewer groups), and matched two on short utterances (BENCHMARKS.md, "torch.compile on CPU").
 COMPILED_GROUPS = 4
 
 #: The same bound for graphs that meet each plan structure more than once: a stock model's forward compiles each
-#: structure twice (static sizes, then dynamic), and the DynMask seq2seq decoder's graph sees two plans at once (self-
-#: and cross-attention). With two groups they stay within dynamo's recompile limit (8 compiles of a frame; past it the
-#: frame runs eager); with four they would not.
+#: structure twice (static sizes, then dynamic). With two groups it stays within dynamo's recompile limit (8 compiles
+#: of a frame; past it the frame runs eager); with four it would not.
 FEW_COMPILED_GROUPS = 2
 
 
@@ -137,6 +137,7 @@ def plan_varlen(
     static_structure: bool = False,
     max_groups: int | None = MAX_GROUPS,
     min_group_seqs: int = 1,
+    group_by_keys: bool = True,
 ) -> VarlenPlan:
     """Group the sequences of a packed batch by length for :func:`varlen_attention`.
 
@@ -155,6 +156,8 @@ def plan_varlen(
             ``inverse``) even where it would be a no-op, so that batches of any lengths give plans of the same
             structure; with ``bucket_ratio=0.0`` (one group) ``torch.compile`` then reuses one graph for every batch
             instead of recompiling whenever the lengths happen to be equal or already sorted.
+        group_by_keys: False: group and merge by the query lengths alone (keys padded to each group's longest), so a
+            cross-attention plan has the groups of the queries' self-attention plan, and the same group count.
 
     Lengths [3, 10, 2, 9]: the two long ones share a padded (2, 10) block, the short ones a (2, 3) block.
 
@@ -179,21 +182,22 @@ def plan_varlen(
     self_attention = self_attention or bounds_k == bounds_q
     lens_q = [end - start for start, end in zip(bounds_q[:-1], bounds_q[1:], strict=True)]
     lens_k = [end - start for start, end in zip(bounds_k[:-1], bounds_k[1:], strict=True)]
-    order = sorted(range(len(lens_q)), key=lambda s: (-lens_q[s], -lens_k[s]))
+    lens_grouped = lens_k if group_by_keys else lens_q  # the key lengths that grouping and merging look at
+    order = sorted(range(len(lens_q)), key=lambda s: (-lens_q[s], -lens_grouped[s]))
     device = cu_seqlens_q.device
 
     members_of_groups: list[list[int]] = []
     k_range: list[int] = []  # (min, max) key length of the current group
     for s in order:
         if members_of_groups:
-            low, high = min(k_range[0], lens_k[s]), max(k_range[1], lens_k[s])
+            low, high = min(k_range[0], lens_grouped[s]), max(k_range[1], lens_grouped[s])
             if lens_q[s] >= bucket_ratio * lens_q[members_of_groups[-1][0]] and low >= bucket_ratio * high:
                 members_of_groups[-1].append(s)
                 k_range = [low, high]
                 continue
         members_of_groups.append([s])
-        k_range = [lens_k[s], lens_k[s]]
-    members_of_groups = _merge_groups(members_of_groups, lens_q, lens_k, max_groups, min_group_seqs)
+        k_range = [lens_grouped[s], lens_grouped[s]]
+    members_of_groups = _merge_groups(members_of_groups, lens_q, lens_grouped, max_groups, min_group_seqs)
 
     groups = []
     gathered_real = []  # packed query indices in the order the groups' outputs are concatenated
@@ -252,7 +256,10 @@ def plan_varlen(
 
 
 def compiled_plan(
-    cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor | None = None, max_groups: int = COMPILED_GROUPS
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor | None = None,
+    max_groups: int = COMPILED_GROUPS,
+    group_by_keys: bool = True,
 ) -> VarlenPlan:
     """The plan to hand a graph being compiled: at most ``max_groups`` length groups (one per distinct length, merged
     where that wastes least) of two sequences or more, every optional field filled, and every size that changes from
@@ -261,7 +268,8 @@ def compiled_plan(
     size it specializes.
 
     Call it outside the compiled graph (where the plan's host reads happen), deciding with
-    ``torch.compiler.is_compiling()`` read inside it.
+    ``torch.compiler.is_compiling()`` read inside it. ``group_by_keys=False`` (cross-attention): the groups of the
+    queries' own self-attention plan, so a graph that meets both plans meets as many structures as one of them.
     """
     plan = plan_varlen(
         cu_seqlens_q,
@@ -270,6 +278,7 @@ def compiled_plan(
         static_structure=True,
         max_groups=max_groups,
         min_group_seqs=2,
+        group_by_keys=group_by_keys,
     )
     for group in plan.groups:
         for tensor, dims in (

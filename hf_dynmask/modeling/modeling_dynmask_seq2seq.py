@@ -54,8 +54,6 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2
 from transformers.utils import logging
 
 from .attention import (
-    COMPILED_GROUPS,
-    FEW_COMPILED_GROUPS,
     AttentionLayout,
     attend,
     compiled_plan,
@@ -143,13 +141,12 @@ def _self_layout(
     weights: bool,
     device,
     compiling: bool = False,
-    compiled_groups: int = FEW_COMPILED_GROUPS,
 ) -> AttentionLayout:
     """Self-attention of one side: the varlen plan when it runs packed, else the backend's mask over its padding
     (a decoder's queries being the last ``T`` of ``P + T`` keys over a cache). ``weights``: every mask whole, for the
     eager kernel (:func:`~.attention.dense_mask`). ``compiling`` (read by the caller, in the traced frame): a plan of
-    at most ``compiled_groups`` structures (:func:`~.attention.compiled_plan`): ``COMPILED_GROUPS`` for the encoder,
-    whose layers see this plan alone; ``FEW_COMPILED_GROUPS`` for the decoder, whose graph also sees the cross plan."""
+    at most ``COMPILED_GROUPS`` structures (:func:`~.attention.compiled_plan`); the decoder's cross plan takes the
+    same groups (:func:`_cross_layout`), so the decoder's graph meets no more structures than the encoder's."""
     if side.runs_packed:
         if weights:
             seq_idx = side.seq_idx.view(side.batch_size, -1)  # (B, T)
@@ -157,7 +154,7 @@ def _self_layout(
             mask = dense_mask(side.batch_size, length, length, device=device, is_causal=causal, seq_idx=seq_idx)
             return AttentionLayout("eager", packed=True, mask=mask)
         if compiling:
-            plan = compiled_plan(side.cu_seqlens, max_groups=compiled_groups)
+            plan = compiled_plan(side.cu_seqlens)
         else:
             plan = plan_varlen(side.cu_seqlens, bucket_ratio=ratio)
         return AttentionLayout(kernel, packed=True, plan=plan)
@@ -190,7 +187,7 @@ def _cross_layout(
             )
             return AttentionLayout("eager", packed=True, mask=mask)
         if compiling:
-            plan = compiled_plan(target.cu_seqlens, source.cu_seqlens, FEW_COMPILED_GROUPS)
+            plan = compiled_plan(target.cu_seqlens, source.cu_seqlens, group_by_keys=False)  # the self plan's groups
         else:
             plan = plan_varlen(target.cu_seqlens, source.cu_seqlens, ratio)
         return AttentionLayout(kernel, packed=True, plan=plan)
@@ -511,9 +508,7 @@ class DynMaskSeq2SeqEncoder(_Stack):
         kernel = "eager" if name == "eager" or output_attentions else "sdpa"
         ratio = 0.0 if kernel == "eager" else self.config.varlen_bucket_ratio
         compiling = torch.compiler.is_compiling()
-        layout = _self_layout(
-            source, kernel, ratio, False, output_attentions, hidden.device, compiling, COMPILED_GROUPS
-        )  # the encoder's layers see this plan alone: four structures stay within dynamo's recompile limit
+        layout = _self_layout(source, kernel, ratio, False, output_attentions, hidden.device, compiling)
         all_hidden = [hidden] if output_hidden else None
         all_weights = [] if output_attentions else None
         for layer in self.layers:
