@@ -53,13 +53,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 from transformers.utils import logging
 
-from .attention import (
-    AttentionLayout,
-    attend,
-    compiled_plan,
-    dense_mask,
-    plan_varlen,
-)
+from .attention import AttentionLayout, attend, compiled_plan, dense_mask, plan_varlen
 from .backends import AttentionBackendHooks, backend_of
 from .batch import (
     DECODER_NAMES,
@@ -134,13 +128,7 @@ def batch_rules(config: DynMaskSeq2SeqConfig, unpad: bool, decoder: bool = False
 
 @torch.compiler.disable  # plans read the lengths on the host: kept out of compiled graphs
 def _self_layout(
-    side: BatchLayout,
-    kernel: str,
-    ratio: float,
-    causal: bool,
-    weights: bool,
-    device,
-    compiling: bool = False,
+    side: BatchLayout, kernel: str, ratio: float, causal: bool, weights: bool, device, compiling: bool = False
 ) -> AttentionLayout:
     """Self-attention of one side: the varlen plan when it runs packed, else the backend's mask over its padding
     (a decoder's queries being the last ``T`` of ``P + T`` keys over a cache). ``weights``: every mask whole, for the
