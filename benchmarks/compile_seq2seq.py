@@ -22,23 +22,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import tempfile
 from pathlib import Path
 
-import datasets
 import torch
 
 from hf_dynmask import DynMaskSeq2SeqConfig, make_collator, prepare_dataset
 from hf_dynmask.commands.bench import environment
+from hf_dynmask.commands.padding_waste import batch_orders
 from hf_dynmask.commands.timing import portable_path, stratified_batches
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_seq2seq import DATASETS, initial_model, stock_class, train_tokenizer  # noqa: E402
+from bench_seq2seq import DATA, DATASETS, initial_model, read_split, stock_class, train_tokenizer  # noqa: E402
 from compile_decoder import compare_compiled, print_row  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 METHODS = ("dynmask_packed", "dynmask_dynamic", "hf_dynamic")
 
 
@@ -84,16 +82,12 @@ def load_pair(args: argparse.Namespace, vocab_size: int, directory: Path):
 def run(args: argparse.Namespace) -> dict:
     from transformers import DataCollatorForSeq2Seq
 
-    path = args.data_dir / args.dataset / "train.jsonl"
-    raw = datasets.load_dataset("json", data_files=str(path), split="train")
-    raw = raw.select(range(min(args.limit, len(raw))))
+    raw = read_split(args, "train", args.limit)
     tokenizer = train_tokenizer(list(raw["source"]) + list(raw["target"]), args.vocab_size)
     pairs = prepare_dataset(raw, tokenizer, "seq2seq", max_length=args.max_length)
     features = [{"input_ids": row["input_ids"], "labels": row["labels"]} for row in pairs]
     lengths = [len(f["input_ids"]) + len(f["labels"]) for f in features]
-    order = list(range(len(features)))
-    random.Random(args.seed).shuffle(order)
-    shuffled = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+    shuffled = batch_orders(lengths, args.batch_size, args.seed).random
     sample = stratified_batches(shuffled, lengths, args.batch_size, args.batches)
     report = {
         "environment": environment(torch.device("cpu")),
