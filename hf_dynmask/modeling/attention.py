@@ -121,8 +121,8 @@ MAX_GROUPS = 4
 #: the seq2seq family (whose decoder's cross plan takes its self plan's groups, so its graph meets four structures, not
 #: sixteen): each group count is a plan structure, and each structure one graph. On CPU, four ran compiled training
 #: steps on the long-tailed docstrings at eager's speed where two ran at 0.78x (more padding in fewer groups), and
-#: matched two on short utterances; on long-tailed seq2seq sources 1.02x eager where two ran at 0.95x (BENCHMARKS.md,
-#: "torch.compile on CPU").
+#: matched two on short utterances; on long-tailed seq2seq sources 0.99-1.03x eager where two ran at 0.95x
+#: (BENCHMARKS.md, "torch.compile on CPU").
 COMPILED_GROUPS = 4
 
 #: The same bound for graphs that meet each plan structure more than once: a stock model's forward compiles each
