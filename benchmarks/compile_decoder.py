@@ -24,7 +24,7 @@ import torch
 
 import hf_dynmask  # noqa: F401  (registers dynmask_varlen)
 from hf_dynmask import make_collator
-from hf_dynmask.commands.bench import _dynamo_totals, environment
+from hf_dynmask.commands.bench import dynamo_totals, environment
 from hf_dynmask.commands.bench_decoder import (
     DecoderBenchSettings,
     DecoderShape,
@@ -87,13 +87,13 @@ def compare_compiled(
     device = next(model.parameters()).device
     torch._dynamo.reset()
     compiled = torch.compile(model, backend=backend, options=options or None)
-    frames = _dynamo_totals()["compiles"]
+    frames = dynamo_totals()["compiles"]
     start = time.perf_counter()
     run_once(compiled, batches, train, device)  # compiles every plan structure the timed batches have
     compile_seconds = time.perf_counter() - start
-    frames = _dynamo_totals()["compiles"] - frames
+    frames = dynamo_totals()["compiles"] - frames
     run_once(model, batches[:1], train, device)
-    before_timing = _dynamo_totals()["compiles"]
+    before_timing = dynamo_totals()["compiles"]
     best = {"eager": None, "compiled": None}
     for _ in range(rounds):
         for name, module in (("eager", model), ("compiled", compiled)):
@@ -109,7 +109,7 @@ def compare_compiled(
         "compiled_vs_eager_wall": float(best["eager"]) / float(best["compiled"]),
         "compile_seconds": compile_seconds,
         "frames_compiled": frames,
-        "compiles_while_timing": _dynamo_totals()["compiles"] - before_timing,
+        "compiles_while_timing": dynamo_totals()["compiles"] - before_timing,
     }
 
 

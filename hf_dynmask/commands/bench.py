@@ -83,6 +83,7 @@ __all__ = [
     "Method",
     "ModelPair",
     "check_model_dir",
+    "dynamo_totals",
     "flattening_plan",
     "flops_per_sequence",
     "limit_speedup",
@@ -420,7 +421,7 @@ def _to_device(batch: dict[str, Any], device: torch.device, train: bool, layout:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _dynamo_totals() -> dict[str, int]:
+def dynamo_totals() -> dict[str, int]:
     """Frames dynamo has compiled (first compiles and recompiles) and graph breaks it has met, so far.
 
     From dynamo's counters, which only grow: its compilation metrics keep the last 64 compiles only, so their count
@@ -655,18 +656,18 @@ def _run_mode(pair, tokenizer, features, sampled, check_batch, settings, train, 
     with progress:
         for name, (model, batches, extra) in methods.items():
             # Compiled models see every timed batch once here, so compiling stays out of the timing.
-            before = _dynamo_totals()
+            before = dynamo_totals()
             warm_up[name] = run_once(model, batches if extra.get("compiled") else batches[:1], train, device)
             if extra.get("compiled"):
-                compile_stats[name] = {k: v - before[k] for k, v in _dynamo_totals().items()}
+                compile_stats[name] = {k: v - before[k] for k, v in dynamo_totals().items()}
             progress.update()
-        timing_start = _dynamo_totals()
+        timing_start = dynamo_totals()
         best = dict.fromkeys(methods, float("inf"))
         for _ in range(settings.rounds):
             for name, (model, batches, _) in methods.items():
                 best[name] = min(best[name], run_once(model, batches, train, device))
                 progress.update()
-        compiles_while_timing = _dynamo_totals()["compiles"] - timing_start["compiles"]
+        compiles_while_timing = dynamo_totals()["compiles"] - timing_start["compiles"]
         memory: dict[str, float | None] = dict.fromkeys(methods)
         if settings.memory:
             for name, (model, batches, _) in methods.items():

@@ -290,16 +290,16 @@ def test_bench_compile_options_reach_inductor(tiny_dir, tmp_path, capsys, monkey
 def test_bench_counts_compiles_past_dynamos_metrics_window():
     """The compiles a bench run reports keep counting after 64 (dynamo's compilation metrics keep only the last 64,
     so a count read from them stops: a long ``--compile`` run would report no compiles while timing, unseen)."""
-    from hf_dynmask.commands.bench import _dynamo_totals
+    from hf_dynmask.commands.bench import dynamo_totals
 
     def step(x):
         return x + 1
 
-    before = _dynamo_totals()["compiles"]
+    before = dynamo_totals()["compiles"]
     for _ in range(70):
         torch._dynamo.reset()
         torch.compile(step, backend="eager")(torch.ones(2))
-    assert _dynamo_totals()["compiles"] - before == 70
+    assert dynamo_totals()["compiles"] - before == 70
 
 
 def test_bench_missing_model_dir(tmp_path, capsys):
