@@ -100,6 +100,7 @@ class VarlenPlan(NamedTuple):
     cu_seqlens_k: torch.Tensor | None = None
     max_q: int = 0
     max_k: int = 0
+    query_surplus: int = 0  # the most queries any sequence has beyond its keys (lq - lk; 0 when none has more)
 
 
 def _bounds(cu_seqlens: torch.Tensor, name: str) -> list[int]:
@@ -250,6 +251,7 @@ def plan_varlen(
         (cu_seqlens_q if self_attention else cu_seqlens_k).to(torch.int32),
         max(lens_q),
         max(lens_k),
+        max(max(q - k for q, k in zip(lens_q, lens_k, strict=True)), 0),
     )
     if identity:  # one group, no padding, in packed order: the blocks are views of the inputs
         return VarlenPlan(tuple(groups), None, None, None, num_q_tokens, bounds_k[-1], *boundaries)
@@ -385,7 +387,10 @@ def rows_plan(batch_size: int, q_len: int, k_len: int, device: torch.device | st
     cu_k = (
         cu_q if k_len == q_len else torch.arange(0, (batch_size + 1) * k_len, k_len, dtype=torch.int32, device=device)
     )
-    return VarlenPlan((group,), None, None, None, batch_size * q_len, batch_size * k_len, cu_q, cu_k, q_len, k_len)
+    return VarlenPlan(
+        (group,), None, None, None, batch_size * q_len, batch_size * k_len, cu_q, cu_k, q_len, k_len,
+        max(q_len - k_len, 0),
+    )  # fmt: skip
 
 
 class AttentionLayout(NamedTuple):
@@ -528,6 +533,18 @@ def varlen_attention(
     """
     if kernel not in ("sdpa", "eager", "torch_varlen"):
         raise ValueError(f"kernel must be 'sdpa', 'eager' or 'torch_varlen', got {kernel!r}")
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
+    # (is_causal and sliding_window first: a non-causal cross plan's surplus changes from batch to batch, and reading
+    # it would make torch.compile guard on it.)
+    if (is_causal or sliding_window is not None) and plan.query_surplus >= (1 if is_causal else sliding_window):
+        raise ValueError(
+            f"a sequence has {plan.query_surplus} more queries than keys, so with "
+            + ("causal attention" if is_causal else f"sliding_window={sliding_window}")
+            + " its first queries would see no key at all (aligned bottom-right, as over a cache), and no kernel "
+            "defines that output the same way: give every sequence at least as many keys as queries (a decoder's keys "
+            "include its cache), or attend without the causal mask and the window"
+        )
     if kernel == "torch_varlen":
         return _torch_varlen(query, key, value, plan, scaling, dropout_p, is_causal, sliding_window, softcap, training)
     # (Not under torch.compile, where comparing with the plan's ints would fix the token count in the graph; a
@@ -541,8 +558,6 @@ def varlen_attention(
     num_heads, kv_heads = query.shape[1], key.shape[1]
     if num_heads % kv_heads:
         raise ValueError(f"{num_heads} query heads cannot share {kv_heads} key/value heads evenly")
-    if sliding_window is not None and sliding_window < 1:
-        raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
     use_sdpa = kernel == "sdpa" and softcap is None
     dropout_p = dropout_p if training else 0.0
     # Every group's blocks in one gather per tensor, split into views: a kernel call per group, no more.

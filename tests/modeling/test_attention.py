@@ -15,7 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 import hf_dynmask  # noqa: F401  (registers dynmask_varlen)
-from hf_dynmask.modeling.attention import plan_varlen, varlen_attention, varlen_attention_forward
+from hf_dynmask.modeling.attention import plan_varlen, rows_plan, varlen_attention, varlen_attention_forward
 from hf_dynmask.modeling.batch import BatchRules, describe_batch
 from hf_dynmask.modeling.layout import cu_seqlens_from_seq_lens, position_ids_from_cu_seqlens
 
@@ -74,6 +74,7 @@ KERNEL_CASES = [
     ([2, 7, 1, 12], [5, 3, 9, 1], 4, 2, False, None, None),  # cross-attention: target s sees source s only
     ([2, 3, 1, 12], [5, 3, 9, 12], 2, 2, True, None, None),  # queries over a cache: bottom-right causal
     ([2, 3, 1, 12], [5, 3, 9, 12], 2, 1, True, 4, None),
+    ([4, 2, 6], [2, 5, 6], 2, 2, False, 3, None),  # 2 queries beyond the keys, each within the window of 3
 ]
 
 
@@ -160,6 +161,19 @@ def test_groups_are_bounded_and_merged_where_they_waste_least(max_groups):
 def test_plan_refuses_bad_boundaries(cu_q, cu_k, message):
     with pytest.raises(ValueError, match=message):
         plan_varlen(cu_q, cu_k)
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "eager", "torch_varlen"])
+@pytest.mark.parametrize("causal, window", [(True, None), (True, 8), (False, 2)])
+def test_kernel_refuses_queries_that_would_see_no_key(kernel, causal, window):
+    """Bottom-right aligned, the first queries of a sequence with 2 queries beyond its keys see no key when causal, or
+    past a window of 2: flash-attn returns zeros there, the eager softmax uniform weights over padding slots. Refused."""
+    plan = plan_varlen(cu_seqlens_from_seq_lens([4, 3]), cu_seqlens_from_seq_lens([2, 5]))
+    assert plan.query_surplus == 2
+    q, k, v = torch.randn(7, 2, 4), torch.randn(7, 2, 4), torch.randn(7, 2, 4)
+    with pytest.raises(ValueError, match="2 more queries than keys.*at least as many keys as queries"):
+        varlen_attention(q, k, v, plan, scaling=1.0, is_causal=causal, sliding_window=window, kernel=kernel)
+    assert rows_plan(2, 3, 1).query_surplus == 2 and rows_plan(2, 1, 3).query_surplus == 0
 
 
 def test_kernel_refuses_mismatched_tokens_and_heads():
