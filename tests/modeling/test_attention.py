@@ -167,7 +167,8 @@ def test_plan_refuses_bad_boundaries(cu_q, cu_k, message):
 @pytest.mark.parametrize("causal, window", [(True, None), (True, 8), (False, 2)])
 def test_kernel_refuses_queries_that_would_see_no_key(kernel, causal, window):
     """Bottom-right aligned, the first queries of a sequence with 2 queries beyond its keys see no key when causal, or
-    past a window of 2: flash-attn returns zeros there, the eager softmax uniform weights over padding slots. Refused."""
+    past a window of 2: flash-attn returns zeros there, the eager softmax uniform weights over padding slots.
+    Refused."""
     plan = plan_varlen(cu_seqlens_from_seq_lens([4, 3]), cu_seqlens_from_seq_lens([2, 5]))
     assert plan.query_surplus == 2
     q, k, v = torch.randn(7, 2, 4), torch.randn(7, 2, 4), torch.randn(7, 2, 4)
