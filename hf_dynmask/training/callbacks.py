@@ -41,9 +41,11 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ..data.collators import token_counts
-from .checks import collator_for_model, unwrap_collator
+from .allocator import allocator_hint
+from .checks import PACKED_MODES, collator_for_model, collator_mode, unwrap_collator
 
 logger = logging.getLogger(__name__)
+_allocator_hinted = False  # the allocator hint (.allocator) is logged once per process
 
 __all__ = ["CountingCollator", "PaddingStatsCallback", "SetEpochCallback"]
 
@@ -191,11 +193,17 @@ class PaddingStatsCallback(TrainerCallback, ExportableState):
     # -- Trainer events ----------------------------------------------------------------------------------------------
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        global _allocator_hinted
+        collate_fn = getattr(train_dataloader, "collate_fn", None)
         if model is not None and train_dataloader is not None:
-            collate_fn = getattr(train_dataloader, "collate_fn", None)
             for_model = collator_for_model(model, collate_fn)
             if for_model is not collate_fn:
                 _set_collate_fn(train_dataloader, for_model)
+        if not _allocator_hinted and state.is_world_process_zero:
+            hint = allocator_hint(args.device.type, collator_mode(collate_fn) in PACKED_MODES)
+            if hint is not None:
+                logger.warning(hint)
+                _allocator_hinted = True
         saved = state.stateful_callbacks.get(type(self).__name__) if state.global_step > 0 else None
         if isinstance(saved, dict):  # resumed from a checkpoint: continue its totals
             for name, value in saved.get("attributes", {}).items():

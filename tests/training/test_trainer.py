@@ -7,6 +7,8 @@ if the loss of every accumulated step is normalized the same way in every layout
 
 from __future__ import annotations
 
+import logging
+import platform
 import random
 from pathlib import Path
 
@@ -332,6 +334,20 @@ def test_padding_stats_in_every_training_log(tok, tmp_path):
     assert padded.padding_stats.totals()["padded_tokens"] == 6 * 4 * MAX_LEN  # static: 4 rows of 20 per batch
     assert packed.padding_stats.totals()["padded_tokens"] == real
     assert sum(sorted(lengths)[:24]) <= real <= sum(sorted(lengths)[-24:])
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the hint is for glibc's malloc")
+def test_packed_cpu_training_hints_at_the_allocator_once(tok, tmp_path, monkeypatch, caplog):
+    from hf_dynmask.training import allocator, callbacks
+
+    monkeypatch.setattr(allocator, "loaded_allocator", lambda maps=None: None)  # as if nothing were preloaded
+    monkeypatch.setattr(callbacks, "_allocator_hinted", False)
+    with caplog.at_level(logging.WARNING, logger="hf_dynmask.training.callbacks"):
+        train(tok, tmp_path, "token-classification", "dynamic")
+        assert "LD_PRELOAD=" not in caplog.text  # padded batches: no hint
+        train(tok, tmp_path, "token-classification", "packed")
+        train(tok, tmp_path, "token-classification", "packed")
+    assert caplog.text.count("LD_PRELOAD=") == 1  # once per process
 
 
 def test_totals_feed_the_model_card(tok, tmp_path):
