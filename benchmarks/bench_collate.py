@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import statistics
 import sys
 import time
@@ -41,9 +39,9 @@ from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from hf_dynmask.commands.bench import environment
 from hf_dynmask.data.collators import make_collator, token_counts, tokenize_and_align
 
 DATA = Path("/work/shared/data")
@@ -144,21 +142,6 @@ def bench_dataset(dataset: str, tokenizer, features: list[dict], repeats: int) -
     }
 
 
-def environment() -> dict[str, object]:
-    import transformers
-
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "transformers": transformers.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
 def markdown(report: dict) -> str:
     lines = [
         "| dataset | collator | best ms | median ms | real tokens/s (best) | time / hf_padding (best) | (median) |",
@@ -203,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         "worst_packed_ratio_median": worst_packed,
         "meets_target": worst_packed <= TARGET_RATIO,
         "repeats": args.repeats,
-        "environment": environment(),
+        "environment": environment(torch.device("cpu")),
         "results": results,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from hf_dynmask.commands.bench import environment
 from hf_dynmask.data.packing import pack
 
 DATA = Path("/work/shared/data")
@@ -49,23 +47,6 @@ def real_lengths(name: str) -> np.ndarray:
     else:
         encoded = tokenizer([r["text"] for r in rows])
     return np.array([len(ids) for ids in encoded["input_ids"]], dtype=np.int64)
-
-
-def environment() -> dict[str, object]:
-    import datasets
-    import transformers
-
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "transformers": transformers.__version__,
-        "datasets": datasets.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 def bench(name: str, lengths: np.ndarray, budget: int, cost: str, repeats: int) -> dict[str, object]:
@@ -135,7 +116,7 @@ def main() -> None:
         "benchmark": "hf_dynmask.data.packing.pack",
         "command": "python benchmarks/bench_packing.py",
         "algorithm": "best-fit decreasing (packed); greedy longest-first runs (padded)",
-        "environment": environment(),
+        "environment": environment(torch.device("cpu")),
         "results": rows,
     }
     args.output.write_text(json.dumps(payload, indent=2) + "\n")

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -47,11 +45,12 @@ import datasets
 import torch
 
 from hf_dynmask import DynMaskSeq2SeqConfig, make_collator, prepare_dataset
+from hf_dynmask.commands.bench import environment, resolve_device
 from hf_dynmask.commands.timing import portable_path
 from hf_dynmask.modeling.input_checks import IGNORE_INDEX
 
 sys.path.insert(0, str(Path(__file__).parent))
-from finetune import TakeTurns, TimeTraining, allocator, run_in_turns  # noqa: E402  (the interleaved schedule)
+from finetune import TakeTurns, TimeTraining, run_in_turns  # noqa: E402  (the interleaved schedule)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
@@ -359,26 +358,6 @@ def generation_scores(args, model, tokenizer, eval_set, raw_eval, collator) -> d
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def environment(args: argparse.Namespace) -> dict[str, Any]:
-    import transformers
-
-    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "datasets": datasets.__version__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": affinity,
-        "torch_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "allocator": allocator(),
-        "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
-        "dtype": "float32",
-    }
-
-
 def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -426,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.token_budget = max(round(args.batch_size * source_tokens / len(train_set)), max(train_set["length"]))
     report: dict[str, Any] = {
         "command": "python benchmarks/bench_seq2seq.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "environment": environment(args),
+        "environment": environment(resolve_device(None)),
         "settings": {
             k: portable_path(v, RESULTS.parents[1]) if k in RECORDED_PATHS else v for k, v in vars(args).items()
         },

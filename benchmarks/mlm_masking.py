@@ -41,13 +41,14 @@ import torch
 from transformers import TrainerCallback
 
 from hf_dynmask import DynMaskConfig, make_collator
+from hf_dynmask.commands.bench import environment, resolve_device
 from hf_dynmask.commands.timing import portable_path
 from hf_dynmask.data import prepare_dataset
 from hf_dynmask.modeling.input_checks import IGNORE_INDEX
 from hf_dynmask.training import DynMaskTrainer, DynMaskTrainingArguments
 
 sys.path.insert(0, str(Path(__file__).parent))
-import finetune  # noqa: E402  (the sibling benchmark: environment, data location, downstream fine-tune)
+import finetune  # noqa: E402  (the sibling benchmark: data location, downstream fine-tune)
 
 logger = logging.getLogger("mlm_masking")
 MASKINGS = ("static", "dynamic")
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     heldout_batches = [eval_collator(features[i : i + step]) for i in range(0, len(features), step)]
     report: dict[str, Any] = {
         "command": "python benchmarks/mlm_masking.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "environment": finetune.environment(),
+        "environment": environment(resolve_device(None)),
         "settings": {k: portable_path(v, finetune.REPO) if k in RECORDED_PATHS else v for k, v in vars(args).items()},
         "data": {
             "corpus": f"{args.corpus}: distinct contexts (train split for training, validation split held out)",

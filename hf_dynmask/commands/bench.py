@@ -82,8 +82,11 @@ __all__ = [
     "check_max_length",
     "Method",
     "ModelPair",
+    "allocator",
     "check_model_dir",
+    "cpu_model",
     "dynamo_totals",
+    "environment",
     "flattening_plan",
     "flops_per_sequence",
     "limit_speedup",
@@ -483,26 +486,65 @@ def limit_speedup(
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def cpu_model() -> str:
+    """The CPU's model name as ``/proc/cpuinfo`` gives it (Linux), else the processor platform names."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def allocator() -> dict[str, str]:
+    """The memory allocator's settings from the environment: a preloaded library (``LD_PRELOAD``: jemalloc,
+    tcmalloc; its file name), glibc's ``MALLOC_*`` tunables and PyTorch's ``THP_MEM_ALLOC_ENABLE`` (transparent huge
+    pages for CPU allocations of 2 MB or more); empty for the defaults. Packed batches change size every step, so on
+    CPU the allocator moves the timings (BENCHMARKS.md, "The allocator")."""
+    found = {name: value for name, value in os.environ.items() if name.startswith("MALLOC_")}
+    if os.environ.get("LD_PRELOAD"):
+        found["LD_PRELOAD"] = " ".join(Path(part).name for part in os.environ["LD_PRELOAD"].split())
+    if "THP_MEM_ALLOC_ENABLE" in os.environ:
+        found["THP_MEM_ALLOC_ENABLE"] = os.environ["THP_MEM_ALLOC_ENABLE"]
+    return found
+
+
+def _installed_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def environment(device: torch.device) -> dict[str, Any]:
-    """Versions (hf_dynmask's commit included), threads, pinned cores and device, recorded next to the results."""
+    """What a benchmark ran on, recorded next to its results (every benchmark's JSON, ``"environment"``).
+
+    Keys: ``python``, ``torch``, ``transformers``, ``datasets`` (None where not installed), ``numpy``, ``hf_dynmask``
+    (the installed version, None from a bare source tree) and ``hf_dynmask_commit`` (the git checkout this
+    hf_dynmask runs from, :func:`~hf_dynmask.commands.timing.source_commit`; None for an installed copy),
+    ``platform``, ``cpu_model`` (:func:`cpu_model`), ``processor``, ``cpu_count``, ``pinned_cores`` (the cores the
+    process may run on), ``torch_threads``, ``OMP_NUM_THREADS`` (None where unset), ``allocator``
+    (:func:`allocator`), ``device``, ``dtype``, and ``gpu`` (its name) on CUDA. Scripts add their own extras.
+    """
     import transformers
 
-    try:
-        version = importlib.metadata.version("hf_dynmask")
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
-        version = None
     env = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "datasets": _installed_version("datasets"),
         "numpy": np.__version__,
-        "hf_dynmask": version,
+        "hf_dynmask": _installed_version("hf_dynmask"),
         "hf_dynmask_commit": source_commit(),
         "platform": platform.platform(),
+        "cpu_model": cpu_model(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "pinned_cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "allocator": allocator(),
         "device": str(device),
         "dtype": "float32",
     }

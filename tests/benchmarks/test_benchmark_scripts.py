@@ -70,6 +70,8 @@ def test_seq2seq_benchmark_interleaved_trains_as_sequential(tmp_path):
     grouped, packed = (interleaved["results"][m]["real_tokens_per_cpu_second"] for m in ("hf_grouped", "packed"))
     assert speed["speed"] == pytest.approx(packed / grouped) and speed["memory"] is None
     assert interleaved["settings"]["schedule"] == "interleaved"
+    # hf-dynmask bench's environment record, under its names (this script once wrote cpu_affinity / omp_num_threads)
+    assert {"pinned_cores", "OMP_NUM_THREADS", "allocator", "cpu_model"} <= set(interleaved["environment"])
 
 
 @pytest.mark.skipif(not (DATA / "scitldr_a").exists(), reason="needs ../shared/data/scitldr_a")

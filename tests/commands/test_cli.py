@@ -486,3 +486,35 @@ def test_bench_environment_names_the_code_that_ran():
     else:
         assert env["hf_dynmask_commit"] is None
     assert env["pinned_cores"] and set(env["pinned_cores"]) <= set(range(os.cpu_count()))
+
+
+def test_bench_environment_is_every_benchmarks_record(monkeypatch):
+    """One environment record for every benchmark JSON (bench, bench-decoder and the scripts under benchmarks/): the
+    same keys everywhere, and the allocator settings that move CPU timings read from the environment (a preloaded
+    library by file name, glibc's MALLOC_* tunables, PyTorch's THP_MEM_ALLOC_ENABLE)."""
+    from hf_dynmask.commands.bench import environment
+
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "-1")
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    env = environment(torch.device("cpu"))
+    assert set(env) == {
+        "python", "torch", "transformers", "datasets", "numpy", "hf_dynmask", "hf_dynmask_commit", "platform",
+        "cpu_model", "processor", "cpu_count", "pinned_cores", "torch_threads", "OMP_NUM_THREADS", "allocator",
+        "device", "dtype",
+    }  # fmt: skip
+    assert env["allocator"] == {
+        "LD_PRELOAD": "libjemalloc.so.2",
+        "MALLOC_TRIM_THRESHOLD_": "-1",
+        "THP_MEM_ALLOC_ENABLE": "1",
+    }
+    assert env["OMP_NUM_THREADS"] == "1" and env["device"] == "cpu" and env["cpu_model"]
+    assert json.loads(json.dumps(env)) == env  # a JSON record as it is
+
+    for name in ("LD_PRELOAD", "MALLOC_TRIM_THRESHOLD_", "THP_MEM_ALLOC_ENABLE", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name)
+    for name in [name for name in os.environ if name.startswith("MALLOC_")]:
+        monkeypatch.delenv(name)
+    env = environment(torch.device("cpu"))
+    assert env["allocator"] == {} and env["OMP_NUM_THREADS"] is None  # the defaults
