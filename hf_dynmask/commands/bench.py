@@ -58,6 +58,7 @@ import torch
 
 from ..data.collators import make_collator, token_counts
 from ..modeling.configuration_dynmask import DynMaskConfig, did_you_mean
+from ..training.allocator import loaded_allocator
 from .atomic import atomic_path
 from .padding_waste import batch_orders
 from .timing import (
@@ -500,9 +501,14 @@ def cpu_model() -> str:
 def allocator() -> dict[str, str]:
     """The memory allocator's settings from the environment: a preloaded library (``LD_PRELOAD``: jemalloc,
     tcmalloc; its file name), glibc's ``MALLOC_*`` tunables and PyTorch's ``THP_MEM_ALLOC_ENABLE`` (transparent huge
-    pages for CPU allocations of 2 MB or more); empty for the defaults. Packed batches change size every step, so on
-    CPU the allocator moves the timings (BENCHMARKS.md, "The allocator")."""
+    pages for CPU allocations of 2 MB or more); and ``loaded``, the replacement allocator actually mapped into the
+    process (:func:`~hf_dynmask.training.allocator.loaded_allocator`: one linked in without ``LD_PRELOAD`` too),
+    where there is one. Empty for glibc's defaults. Packed batches change size every step, so on CPU the allocator
+    moves the timings (BENCHMARKS.md, "The allocator")."""
     found = {name: value for name, value in os.environ.items() if name.startswith("MALLOC_")}
+    loaded = loaded_allocator()
+    if loaded is not None:
+        found["loaded"] = loaded
     if os.environ.get("LD_PRELOAD"):
         found["LD_PRELOAD"] = " ".join(Path(part).name for part in os.environ["LD_PRELOAD"].split())
     if "THP_MEM_ALLOC_ENABLE" in os.environ:

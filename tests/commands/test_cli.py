@@ -492,8 +492,10 @@ def test_bench_environment_is_every_benchmarks_record(monkeypatch):
     """One environment record for every benchmark JSON (bench, bench-decoder and the scripts under benchmarks/): the
     same keys everywhere, and the allocator settings that move CPU timings read from the environment (a preloaded
     library by file name, glibc's MALLOC_* tunables, PyTorch's THP_MEM_ALLOC_ENABLE)."""
+    from hf_dynmask.commands import bench
     from hf_dynmask.commands.bench import environment
 
+    monkeypatch.setattr(bench, "loaded_allocator", lambda: "jemalloc")  # what /proc/self/maps would show
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "-1")
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
@@ -508,10 +510,12 @@ def test_bench_environment_is_every_benchmarks_record(monkeypatch):
         "LD_PRELOAD": "libjemalloc.so.2",
         "MALLOC_TRIM_THRESHOLD_": "-1",
         "THP_MEM_ALLOC_ENABLE": "1",
+        "loaded": "jemalloc",
     }
     assert env["OMP_NUM_THREADS"] == "1" and env["device"] == "cpu" and env["cpu_model"]
     assert json.loads(json.dumps(env)) == env  # a JSON record as it is
 
+    monkeypatch.setattr(bench, "loaded_allocator", lambda: None)
     for name in ("LD_PRELOAD", "MALLOC_TRIM_THRESHOLD_", "THP_MEM_ALLOC_ENABLE", "OMP_NUM_THREADS"):
         monkeypatch.delenv(name)
     for name in [name for name in os.environ if name.startswith("MALLOC_")]:
