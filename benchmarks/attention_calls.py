@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import platform
 import random
 import sys
 import time
@@ -40,6 +39,7 @@ if str(ROOT) not in sys.path:  # measure this checkout's hf_dynmask
 
 import hf_dynmask  # noqa: E402
 import hf_dynmask.modeling.modeling_dynmask as modeling_dynmask  # noqa: E402
+from hf_dynmask.commands.bench import environment  # noqa: E402
 from hf_dynmask.commands.timing import stratified_batches  # noqa: E402
 from hf_dynmask.modeling.attention import plan_varlen, varlen_attention  # noqa: E402
 
@@ -111,15 +111,6 @@ def njt_against_varlen(lengths: list[int], heads: int, head_dim: int, repeats: i
     return result
 
 
-def _commit() -> str:
-    import subprocess
-
-    git = ["git", "-C", str(ROOT)]
-    head = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run([*git, "status", "--porcelain", "hf_dynmask"], capture_output=True, text=True).stdout
-    return head + ("-dirty" if dirty.strip() else "")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
@@ -161,14 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(
             ["python", "benchmarks/attention_calls.py", *(argv if argv is not None else sys.argv[1:])]
         ),
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "platform": platform.platform(),
-            "threads": torch.get_num_threads(),
-            "hf_dynmask_commit": _commit(),
-        },
+        "environment": environment(torch.device("cpu")),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"},
         "datasets": {},
     }

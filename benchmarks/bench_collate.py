@@ -44,7 +44,7 @@ import torch
 from hf_dynmask.commands.bench import environment
 from hf_dynmask.data.collators import make_collator, token_counts, tokenize_and_align
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the checkout
 BATCH_SIZE = 32
 TARGET_RATIO = 1.5  # packed collation may cost at most 1.5x DataCollatorWithPadding
 

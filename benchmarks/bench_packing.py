@@ -24,7 +24,7 @@ import torch
 from hf_dynmask.commands.bench import environment
 from hf_dynmask.data.packing import pack
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the checkout
 BUDGETS = (1024, 2048, 4096)
 COSTS = ("packed", "padded")
 

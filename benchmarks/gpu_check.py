@@ -24,7 +24,6 @@ import argparse
 import copy
 import functools
 import json
-import platform
 import random
 import sys
 import time
@@ -193,16 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_check.json")
     args = parser.parse_args(argv)
     import torch
-    import transformers
+
+    from hf_dynmask.commands.bench import environment
 
     report: dict = {
         "command": " ".join(["python", "benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])]),
         "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
+            **environment(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
             "cuda": torch.version.cuda,
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
         "tests": run_tests(),
     }

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,13 +26,13 @@ import time
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import DataCollatorForSeq2Seq, MarianConfig, MarianMTModel
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_seq2seq import DATA, EOS, PAD, train_tokenizer  # noqa: E402
 
 from hf_dynmask import DynMaskSeq2SeqConfig, DynMaskSeq2SeqForConditionalGeneration  # noqa: E402
+from hf_dynmask.commands.bench import environment  # noqa: E402
 from hf_dynmask.modeling.input_checks import IGNORE_INDEX  # noqa: E402
 
 
@@ -145,14 +144,7 @@ def main(argv=None) -> dict:
         "speed_vs_stock": {name: median["stock"] / value for name, value in median.items()},
         "step_cpu_seconds_per_round": times,
         "model": {"d_model": args.d_model, "layers": args.layers, "heads": args.heads, "vocab": len(tokenizer)},
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "threads": torch.get_num_threads(),
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-        },
+        "environment": environment(torch.device("cpu")),
     }
     print(json.dumps({k: result[k] for k in ("real_target_tokens", "decoder_rows", "speed_vs_stock")}, indent=1))
     print(json.dumps(result["max_loss_difference_vs_stock"]))
