@@ -519,7 +519,9 @@ def varlen_attention(
         query: ``(Nq, H, D)`` packed queries.
         key, value: ``(Nk, Hkv, D)`` packed keys and values; ``Hkv`` divides ``H`` (grouped-query attention).
         plan: from :func:`plan_varlen` on the batch's ``cu_seqlens_q`` (and ``cu_seqlens_k``).
-        is_causal: each query sees its sequence's keys up to its own position (bottom-right aligned).
+        is_causal: each query sees its sequence's keys up to its own position (bottom-right aligned). A sequence
+            with more queries than keys is refused (its first queries would see no key), as is one whose surplus of
+            queries reaches ``sliding_window``.
         sliding_window: ``W``: keys at most ``W - 1`` positions away (only before the query when causal).
         softcap: cap the scores at ``softcap`` with ``tanh`` before the mask (forces the explicit kernel).
         kernel: ``"sdpa"`` (torch's scaled_dot_product_attention per length group), ``"eager"`` (explicit softmax,
