@@ -30,6 +30,7 @@ depth of wrapping (accelerate's shard and skip wrappers, used on resume, do not 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -45,9 +46,14 @@ from .allocator import allocator_hint
 from .checks import PACKED_MODES, collator_for_model, collator_mode, unwrap_collator
 
 logger = logging.getLogger(__name__)
-_allocator_hinted = False  # the allocator hint (.allocator) is logged once per process
 
 __all__ = ["CountingCollator", "PaddingStatsCallback", "SetEpochCallback"]
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    """Log ``message`` as a warning the first time only, in this process (the allocator hint, :mod:`.allocator`)."""
+    logger.warning(message)
 
 
 def _samplers(loader: Any) -> Iterator[Any]:
@@ -193,17 +199,14 @@ class PaddingStatsCallback(TrainerCallback, ExportableState):
     # -- Trainer events ----------------------------------------------------------------------------------------------
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
-        global _allocator_hinted
         collate_fn = getattr(train_dataloader, "collate_fn", None)
         if model is not None and train_dataloader is not None:
             for_model = collator_for_model(model, collate_fn)
             if for_model is not collate_fn:
                 _set_collate_fn(train_dataloader, for_model)
-        if not _allocator_hinted and state.is_world_process_zero:
-            hint = allocator_hint(args.device.type, collator_mode(collate_fn) in PACKED_MODES)
-            if hint is not None:
-                logger.warning(hint)
-                _allocator_hinted = True
+        hint = allocator_hint(args.device.type, collator_mode(collate_fn) in PACKED_MODES)
+        if hint is not None and state.is_world_process_zero:
+            _warn_once(hint)
         saved = state.stateful_callbacks.get(type(self).__name__) if state.global_step > 0 else None
         if isinstance(saved, dict):  # resumed from a checkpoint: continue its totals
             for name, value in saved.get("attributes", {}).items():

@@ -341,7 +341,7 @@ def test_packed_cpu_training_hints_at_the_allocator_once(tok, tmp_path, monkeypa
     from hf_dynmask.training import allocator, callbacks
 
     monkeypatch.setattr(allocator, "loaded_allocator", lambda maps=None: None)  # as if nothing were preloaded
-    monkeypatch.setattr(callbacks, "_allocator_hinted", False)
+    callbacks._warn_once.cache_clear()  # as in a fresh process
     with caplog.at_level(logging.WARNING, logger="hf_dynmask.training.callbacks"):
         train(tok, tmp_path, "token-classification", "dynamic")
         assert "LD_PRELOAD=" not in caplog.text  # padded batches: no hint
